@@ -1,0 +1,1 @@
+"""vlmgate.loadtest"""

@@ -1,0 +1,5 @@
+"""Run as: python -m vlmgate --help"""
+
+from vlmgate.cli import main
+
+raise SystemExit(main())
