@@ -43,18 +43,18 @@ class APIError(Exception):
         return orjson.dumps(self.body())
 
 
-class InvalidRequest(APIError):
+class InvalidRequestError(APIError):
     status = 400
     type = "invalid_request_error"
 
 
-class PayloadTooLarge(APIError):
+class PayloadTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
 
 
-class ModelNotFound(APIError):
+class ModelNotFoundError(APIError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
@@ -66,25 +66,25 @@ class AuthenticationError(APIError):
     code = "invalid_api_key"
 
 
-class PermissionDenied(APIError):
+class PermissionDeniedError(APIError):
     status = 403
     type = "permission_error"
     code = "insufficient_scope"
 
 
-class Conflict(APIError):
+class ConflictError(APIError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
 
 
-class RateLimited(APIError):
+class RateLimitError(APIError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
 
-class EngineUnavailable(APIError):
+class EngineUnavailableError(APIError):
     """The engine is starting, restarting or unreachable: the client may retry."""
 
     status = 503
@@ -109,14 +109,14 @@ def from_engine_response(status: int, payload: bytes) -> APIError:
     message, param, err_type = _parse_error_payload(payload)
     message = message or f"engine returned HTTP {status}"
     if status == 404:
-        return ModelNotFound(message, param=param or "model")
+        return ModelNotFoundError(message, param=param or "model")
     if 400 <= status < 500 and status != 429:
-        err = InvalidRequest(message, param=param, status=status)
+        err = InvalidRequestError(message, param=param, status=status)
         if err_type:
             err.type = err_type
         return err
     if status == 429 or status == 503:
-        return EngineUnavailable(f"engine busy: {message}", headers={"Retry-After": "1"})
+        return EngineUnavailableError(f"engine busy: {message}", headers={"Retry-After": "1"})
     return UpstreamError(f"engine error (HTTP {status}): {message}")
 
 

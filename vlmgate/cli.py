@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("vlmgate.finetune.cli", "validate data, train (Q)LoRA adapters, evaluate them against the base"),
     "demo": (
         "vlmgate.finetune.demo.cli",
-        "build the tiny test VLM; generate data for, train and evaluate the demo VLM",
+        "build the tiny test VLM; generate data, train and evaluate the demo VLM",
     ),
     "quantize": ("vlmgate.quantize.cli", "quantize a base model to INT4 (W4A16) and measure what it costs"),
     "ui": ("vlmgate.ui.cli", "start the Gradio chat demo against a gateway"),
