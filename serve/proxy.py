@@ -1,0 +1,139 @@
+"""Relay a validated chat request to an engine and its answer back, timing it on the way.
+
+Non-streaming answers are passed through as bytes (parsed once, only for usage). Streaming answers are relayed
+event by event as they arrive; the gateway always asks the engine for usage (so that its metrics have token
+counts) and drops that final usage event when the client did not ask for it. If the client disconnects, the
+upstream connection is closed, which makes vLLM abort the request: no tokens are generated for nobody.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from vlmgate.serve.errors import APIError, EngineUnavailableError, UpstreamError, from_engine_response
+from vlmgate.serve.lifecycle import RequestTrace
+
+log = logging.getLogger(__name__)
+
+_DONE = b"data: [DONE]"
+
+
+class EngineClient:
+    """HTTP client for one engine's OpenAI-compatible API, with a pooled keep-alive connection set."""
+
+    def __init__(self, base_url: str, request_timeout_s: float) -> None:
+        self.base_url = base_url
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10),
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def open(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        """POST body and return the response once its headers arrived; 4xx/5xx are raised as APIError."""
+        try:
+            resp = await self._session.post(
+                f"{self.base_url}{path}", data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+            )
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise EngineUnavailableError(
+                f"The engine is not reachable ({exc.__class__.__name__}); it may be restarting. Retry shortly.",
+                headers={"Retry-After": "2"},
+            ) from None
+        except TimeoutError:
+            raise UpstreamError("The engine did not answer in time.", status=504, code="engine_timeout") from None
+        if resp.status != 200:
+            try:
+                payload = await resp.read()
+            finally:
+                resp.release()
+            raise from_engine_response(resp.status, payload)
+        return resp
+
+
+async def complete(client: EngineClient, body: dict[str, Any], trace: RequestTrace) -> bytes:
+    """Non-streaming completion: returns the engine's JSON bytes unchanged."""
+    resp = await client.open("/v1/chat/completions", body)
+    try:
+        payload = await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(f"The engine connection failed mid-response ({exc.__class__.__name__}).") from None
+    finally:
+        resp.release()
+    now = time.perf_counter()
+    trace.first_token = trace.last_token = now
+    with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+        usage = orjson.loads(payload).get("usage") or {}
+        trace.prompt_tokens = usage.get("prompt_tokens")
+        trace.completion_tokens = usage.get("completion_tokens")
+    return payload
+
+
+async def stream(resp: aiohttp.ClientResponse, trace: RequestTrace, client_wants_usage: bool) -> AsyncIterator[bytes]:
+    """Relay SSE events from an open engine response. Closing the generator closes the upstream connection."""
+    buffer = b""
+    finished = False
+    try:
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            while (cut := buffer.find(b"\n\n")) >= 0:
+                event, buffer = buffer[:cut], buffer[cut + 2 :]
+                if not event.strip():
+                    continue
+                if event.startswith(_DONE):
+                    finished = True
+                    yield event + b"\n\n"
+                    continue
+                if _inspect_event(event, trace) or client_wants_usage:
+                    yield event + b"\n\n"
+        finished = True
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        trace.status, trace.error_type = 502, "upstream_error"
+        error = UpstreamError(f"The engine connection failed mid-stream ({exc.__class__.__name__}).")
+        yield b"data: " + error.json_bytes() + b"\n\n"
+    finally:
+        if finished:
+            resp.release()
+        else:
+            resp.close()  # abort: the engine sees the disconnect and stops generating
+
+
+def _inspect_event(event: bytes, trace: RequestTrace) -> bool:
+    """Record timing/usage from one `data: {...}` event. Returns False for a usage-only event."""
+    now = time.perf_counter()
+    try:
+        data = orjson.loads(event[5:] if event.startswith(b"data:") else event)
+    except orjson.JSONDecodeError:
+        return True
+    if not isinstance(data, dict):
+        return True
+    usage = data.get("usage")
+    if usage:
+        trace.prompt_tokens = usage.get("prompt_tokens")
+        trace.completion_tokens = usage.get("completion_tokens")
+    choices = data.get("choices")
+    if not choices:
+        return not usage  # the final usage-only event
+    if "error" in data:
+        trace.status, trace.error_type = 500, "engine_error"
+    for choice in choices:
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+            trace.token(now)
+            break
+    return True
+
+
+def error_event(error: APIError) -> bytes:
+    return b"data: " + error.json_bytes() + b"\n\n"

@@ -1,0 +1,123 @@
+"""Shared fixtures. One real engine per test session: the gateway fixture starts `vlmgate serve` (which launches
+vLLM on the project's model) and every engine-backed test talks to it, through the gateway or directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_MODEL = REPO / "finetune" / "demo" / "vlmgate-demo"
+ENGINE_START_TIMEOUT_S = float(os.environ.get("VLMGATE_TEST_ENGINE_TIMEOUT_S", "600"))
+
+
+def png_data_url(color: str = "red", size: tuple[int, int] = (112, 112), fmt: str = "PNG") -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def free_port() -> int:
+    from vlmgate.serve.engines.process import free_port as _free_port
+
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny Qwen2-VL model built offline for this session."""
+    from vlmgate.finetune.tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "vlmgate-tiny")
+
+
+@pytest.fixture(scope="session")
+def served_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model the shared engine serves: the shipped demo model (the tiny random one if absent)."""
+    if (DEMO_MODEL / "config.json").is_file():
+        return DEMO_MODEL
+    from vlmgate.finetune.tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("served") / "vlmgate-demo")
+
+
+@dataclass
+class RunningGateway:
+    url: str  # gateway root, OpenAI API under /v1
+    engine_url: str  # the vLLM behind it, OpenAI API under /v1
+    model: str  # served base model id
+    model_dir: Path
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def start_gateway(model_dir: Path, log_path: Path, extra_args: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> RunningGateway:  # fmt: skip
+    """Start `vlmgate serve` as a user would, and wait until /ready says the engine is up."""
+    port = free_port()
+    argv = [sys.executable, "-m", "vlmgate", "serve", "--model", str(model_dir), "--name", "vlmgate-demo",
+            "--port", str(port), *(extra_args or [])]  # fmt: skip
+    log_file = open(log_path, "w")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            r = httpx.get(f"{url}/ready", timeout=2)
+            if r.status_code == 200:
+                engine_url = r.json()["engines"]["vlmgate-demo"]["url"]
+                return RunningGateway(url, engine_url, "vlmgate-demo", model_dir, proc, log_path)
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop_gateway(proc)
+    raise RuntimeError(f"gateway not ready in {ENGINE_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_gateway(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture(scope="session")
+def gateway(served_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """The session's gateway + real vLLM engine on the project's model (served as `vlmgate-demo`)."""
+    running = start_gateway(served_model_dir, tmp_path_factory.mktemp("gateway") / "gateway.log")
+    yield running
+    stop_gateway(running.process)
+
+
+@pytest.fixture(scope="session")
+def demo_engine_url(gateway: RunningGateway) -> str:
+    """Base URL of the real vLLM behind the session gateway (served model `vlmgate-demo`, runtime LoRA on)."""
+    return gateway.engine_url
+
+
+@pytest.fixture(scope="session")
+def demo_model_name() -> str:
+    return "vlmgate-demo"
