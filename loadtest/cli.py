@@ -111,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[LoadTestConfig, list[flo
         try:
             values[key] = parse(raw)
         except (ValueError, ValidationError) as exc:
+            values.pop(key, None)  # keep validating the rest, so every error is reported at once
             errors.append(str(exc).splitlines()[0] if isinstance(exc, ValidationError) else str(exc))
     rates = None
     if args.sweep_rates:

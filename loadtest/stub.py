@@ -32,6 +32,9 @@ class StubState:
     successes: int = 0
 
 
+STATE = web.AppKey("state", StubState)
+
+
 def _chunk(content: dict | None, usage: dict | None = None) -> bytes:
     body = {"object": "chat.completion.chunk", "model": "stub",
             "choices": [{"index": 0, "delta": content}] if content is not None else []}  # fmt: skip
@@ -48,7 +51,7 @@ async def _sleep_until(deadline: float) -> None:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     received = time.perf_counter()
-    state: StubState = request.app["state"]
+    state: StubState = request.app[STATE]
     body = await request.json()
     model = str(body.get("model", ""))
     if model.startswith("fail-"):
@@ -83,7 +86,7 @@ async def models(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Counters in vLLM's names, and a TTFT histogram of the stub's own first-write times."""
-    state: StubState = request.app["state"]
+    state: StubState = request.app[STATE]
     ttfts = [e["first_write"] - e["received"] for e in state.log if "first_write" in e]
     lines = [f"vllm:prompt_tokens_total {state.prompt_tokens}",
              f"vllm:generation_tokens_total {state.generation_tokens}",
@@ -96,12 +99,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def stub_log(request: web.Request) -> web.Response:
-    return web.json_response(request.app["state"].log)
+    return web.json_response(request.app[STATE].log)
 
 
 def make_app(ttft_ms: float, itl_ms: float) -> web.Application:
     app = web.Application()
-    app["state"] = StubState(ttft_ms, itl_ms)
+    app[STATE] = StubState(ttft_ms, itl_ms)
     app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models),
                     web.get("/metrics", metrics), web.get("/stub/log", stub_log)])  # fmt: skip
     return app
@@ -118,7 +121,7 @@ class StubUpstream:
 
     @property
     def state(self) -> StubState:
-        return self.app["state"]
+        return self.app[STATE]
 
     async def _start(self) -> str:
         self.runner = web.AppRunner(self.app, access_log=None)

@@ -130,22 +130,25 @@ def synthetic_messages(words: int, images: list[str], rng: np.random.Generator) 
 
 def build_requests(config: LoadTestConfig, count: int, served_models: list[str] | None = None) -> list[RequestSpec]:
     """`count` request bodies for `config` (models fall back to `served_models[0]` when none were given)."""
-    rng = np.random.default_rng(config.seed)
+    # Independent streams per concern, so a longer run starts with exactly the requests of a shorter one.
+    pick_rng, prompt_rng, image_rng = (np.random.default_rng([config.seed, k]) for k in range(3))
     models = config.models or [ModelWeight(name=(served_models or ["default"])[0])]
     shares = model_shares(models, config.popularity, config.zipf_s)
-    picks = rng.choice(len(models), size=count, p=shares)
+    picks = pick_rng.choice(len(models), size=count, p=shares)
     if config.dataset is not None:
         conversations = load_chat_dataset(config.dataset)
-        order = rng.permutation(max(count, len(conversations))) % len(conversations)
+        order = prompt_rng.integers(0, len(conversations), size=count)
         return [
             RequestSpec(i, models[picks[i]].name, conversations[order[i]].messages, conversations[order[i]].images)
             for i in range(count)
         ]
-    pool = _ImagePool(config.image_sizes, rng)
+    pool = _ImagePool(config.image_sizes, image_rng)
     specs = []
     for i in range(count):
         images = [pool.draw() for _ in range(config.images_per_request)]
         specs.append(
-            RequestSpec(i, models[picks[i]].name, synthetic_messages(config.prompt_words, images, rng), len(images))
+            RequestSpec(
+                i, models[picks[i]].name, synthetic_messages(config.prompt_words, images, prompt_rng), len(images)
+            )
         )
     return specs
