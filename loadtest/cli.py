@@ -54,6 +54,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     target.add_argument("--zipf-s", type=float, default=1.0, help=h("zipf_s"))
     target.add_argument("--api-key", help=h("api_key"))
     target.add_argument("--timeout", type=float, default=300.0, dest="timeout_s", help=h("timeout_s"))
+    target.add_argument("--metrics-url", help=h("metrics_url") + " (e.g. the engine's, behind a gateway)")
     target.add_argument("--no-metrics", action="store_false", dest="scrape_metrics", help="do not scrape /metrics")
 
     load = p.add_argument_group("load")

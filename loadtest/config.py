@@ -72,6 +72,7 @@ class LoadTestConfig(BaseModel):
     slo: SLO = Field(default_factory=SLO, description="latency targets for goodput and the exit code")
     attainment: float = Field(0.95, gt=0, le=1, description="share of requests that must meet the SLO")
     scrape_metrics: bool = Field(True, description="scrape the server's /metrics before and after")
+    metrics_url: str | None = Field(None, description="Prometheus endpoint to scrape; default URL/metrics")
     seed: int = Field(0, description="seed of every random draw (arrivals, models, prompts, images)")
 
     @model_validator(mode="after")

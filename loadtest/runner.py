@@ -60,7 +60,10 @@ async def scrape_metrics(session: aiohttp.ClientSession, config: LoadTestConfig)
     if not config.scrape_metrics:
         return None
     try:
-        async with asyncio.timeout(10), session.get(f"{config.base_url}/metrics", headers=headers_for(config)) as r:
+        async with (
+            asyncio.timeout(10),
+            session.get(config.metrics_url or f"{config.base_url}/metrics", headers=headers_for(config)) as r,
+        ):
             return parse_prometheus(await r.text()) if r.status == 200 else None
     except (aiohttp.ClientError, TimeoutError):
         return None
