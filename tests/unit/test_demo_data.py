@@ -1,0 +1,149 @@
+"""The demo data generator: deterministic, well-formed JSONL, right answers, and training batches equal to what
+the processor and chat template produce (so that what the model learns is what a server sends it)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmgate.finetune.demo.data import write_jsonl
+from vlmgate.finetune.demo.questions import KINDS, TRAIN, UNSEEN, answer_for, sample_example, tokenizer_corpus
+from vlmgate.finetune.demo.shapes import IMAGE_SIZE, POSITIONS, mirror, render, sample_scene
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generate_is_deterministic(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "a", 12, seed=3)
+    write_jsonl(tmp_path / "b", 12, seed=3)
+    write_jsonl(tmp_path / "c", 12, seed=4)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert (tmp_path / "a" / "data.jsonl").read_bytes() != (tmp_path / "c" / "data.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_jsonl_records_follow_the_chat_format(tmp_path: Path, inline: bool) -> None:
+    path = write_jsonl(tmp_path, 10, inline=inline)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 10
+    kinds_seen = set()
+    for line in lines:
+        record = json.loads(line)
+        assert list(record) == ["messages"]
+        user, assistant = record["messages"]
+        assert user["role"] == "user"
+        assert assistant["role"] == "assistant"
+        assert isinstance(assistant["content"], str)
+        assert assistant["content"]
+        types = sorted(part["type"] for part in user["content"])
+        assert types == ["image_url", "text"]
+        url = next(p for p in user["content"] if p["type"] == "image_url")["image_url"]["url"]
+        if inline:
+            assert url.startswith("data:image/png;base64,")
+            image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        else:
+            assert not url.startswith("/")
+            assert (path.parent / url).is_file()
+            image = Image.open(path.parent / url)
+        assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
+        kinds_seen.add(assistant["content"])
+    assert len(kinds_seen) > 3
+
+
+def test_answers_match_the_scene() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ex = sample_example(rng)
+        scene = ex.scene
+        assert ex.answer == answer_for(scene, ex.kind)
+        assert 1 <= scene.count <= 4
+        assert len(set(scene.cells)) == scene.count
+        if ex.kind == "position":
+            assert scene.count == 1
+            assert ex.answer in POSITIONS
+        if ex.kind == "count":
+            assert ex.answer == str(scene.count)
+
+
+def test_mirror_moves_left_to_right_and_keeps_the_rest() -> None:
+    rng = np.random.default_rng(1)
+    scene = sample_scene(rng, count=1)
+    while POSITIONS[scene.cells[0]] not in ("left", "top left", "bottom left"):
+        scene = sample_scene(rng, count=1)
+    flipped = mirror(scene)
+    assert flipped.position == scene.position.replace("left", "right")
+    assert (flipped.colour, flipped.shape, flipped.count) == (scene.colour, scene.shape, scene.count)
+
+
+def test_shapes_are_drawn_where_the_scene_says() -> None:
+    rng = np.random.default_rng(2)
+    scene = sample_scene(rng, count=1, colour="red", style="ood")  # plain background, centred shape
+    pixels = np.asarray(render(scene)).astype(int)
+    cx, cy = (int(v) for v in scene.centres[0])
+    assert pixels[cy, cx, 0] > pixels[cy, cx, 2] + 60  # red at the centre
+    corner = pixels[2, 2] if scene.cells[0] != 0 else pixels[-3, -3]
+    assert abs(corner[0] - corner[2]) < 5  # grey background elsewhere
+
+
+def test_unseen_phrasings_never_reach_training() -> None:
+    corpus = set(tokenizer_corpus())
+    for kind in KINDS:
+        assert not set(UNSEEN[kind]) & set(TRAIN[kind])
+        assert not set(UNSEEN[kind]) & corpus
+    rng = np.random.default_rng(3)
+    train_questions = {sample_example(rng, "position").question.lower() for _ in range(300)}
+    unseen_questions = {sample_example(rng, "position", phrasing="unseen").question.lower() for _ in range(50)}
+    assert not train_questions & unseen_questions
+
+
+def test_fast_batches_equal_the_processor(tiny_model_dir: Path) -> None:
+    """Training builds tokens and pixels by hand; they must be exactly what the processor makes."""
+    import torch
+    from transformers import AutoProcessor
+
+    from vlmgate.finetune.demo.batching import PromptEncoder, patchify
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    encoder = PromptEncoder(processor.tokenizer, image_tokens=16)
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        ex = sample_example(rng)
+        image = render(ex.scene)
+        parts = [{"type": "image"}, {"type": "text", "text": ex.question}]
+        messages = [
+            {"role": "user", "content": parts if ex.image_first else parts[::-1]},
+            {"role": "assistant", "content": [{"type": "text", "text": ex.answer}]},
+        ]
+        ref = processor(text=[processor.apply_chat_template(messages)], images=[image], return_tensors="pt")
+        ids, labels = encoder.encode(ex.question, ex.answer, ex.image_first)
+        assert ref["input_ids"][0, : len(ids)].tolist() == ids
+        answer = [t for t in labels if t != -100]
+        assert processor.tokenizer.decode(answer) == ex.answer + "<|im_end|>"
+        pixels, grid = patchify(np.asarray(image)[None])
+        assert torch.allclose(pixels, ref["pixel_values"], atol=1e-5)
+        assert grid.tolist() == ref["image_grid_thw"].tolist()
+
+
+def test_batched_vision_attention_matches_the_reference(tiny_model_dir: Path) -> None:
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from vlmgate.finetune.demo.batching import batch_vision_attention, patchify
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    rng = np.random.default_rng(5)
+    images = np.stack([np.asarray(render(sample_scene(rng))) for _ in range(3)])
+    pixels, grid = patchify(images)
+    with torch.no_grad():
+        reference = model.model.visual(pixels, grid_thw=grid).pooler_output
+        batch_vision_attention(model)
+        batched = model.model.visual(pixels, grid_thw=grid).pooler_output
+    assert torch.allclose(reference, batched, atol=1e-5)
