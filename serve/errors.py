@@ -106,27 +106,27 @@ def from_engine_response(status: int, payload: bytes) -> APIError:
     Engines disagree on shape (`{"error": {...}}`, `{"object": "error", "message": ...}`, plain text); the
     client always gets the OpenAI shape. 4xx keep their status (the request was at fault); 5xx become 502.
     """
-    message, param, err_type = _parse_error_payload(payload)
+    message, param = _parse_error_payload(payload)
     message = message or f"engine returned HTTP {status}"
     if status == 404:
         return ModelNotFoundError(message, param=param or "model")
     if 400 <= status < 500 and status != 429:
-        err = InvalidRequestError(message, param=param, status=status)
-        if err_type:
-            err.type = err_type
-        return err
+        return InvalidRequestError(message, param=param, status=status)
     if status == 429 or status == 503:
         return EngineUnavailableError(f"engine busy: {message}", headers={"Retry-After": "1"})
     return UpstreamError(f"engine error (HTTP {status}): {message}")
 
 
-def _parse_error_payload(payload: bytes) -> tuple[str, str | None, str | None]:
+def _parse_error_payload(payload: bytes) -> tuple[str, str | None]:
+    """(message, param) from an engine's error body; engines' own error types (e.g. vLLM's "BadRequestError")
+    are dropped in favour of OpenAI's vocabulary."""
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return payload.decode("utf-8", "replace").strip()[:2000], None, None
+        return payload.decode("utf-8", "replace").strip()[:2000], None
     if not isinstance(data, dict):
-        return str(data)[:2000], None, None
+        return str(data)[:2000], None
     inner = data.get("error") if isinstance(data.get("error"), dict) else data
     message = inner.get("message") or inner.get("detail") or inner.get("error") or ""
-    return str(message)[:2000], inner.get("param"), inner.get("type")
+    param = inner.get("param")
+    return str(message)[:2000], param if isinstance(param, str) else None

@@ -20,6 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_MODEL = REPO / "finetune" / "demo" / "vlmgate-demo"
+TEST_LIMITS_ENV = {"VLMGATE_LIMITS__MAX_IMAGE_BYTES": "2000000", "VLMGATE_LIMITS__MAX_IMAGE_PIXELS": "1048576"}
 ENGINE_START_TIMEOUT_S = float(os.environ.get("VLMGATE_TEST_ENGINE_TIMEOUT_S", "600"))
 
 
@@ -107,7 +108,8 @@ def stop_gateway(proc: subprocess.Popen) -> int:
 @pytest.fixture(scope="session")
 def gateway(served_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     """The session's gateway + real vLLM engine on the project's model (served as `vlmgate-demo`)."""
-    running = start_gateway(served_model_dir, tmp_path_factory.mktemp("gateway") / "gateway.log")
+    # Small image limits so that the size checks can be exercised with small test images.
+    running = start_gateway(served_model_dir, tmp_path_factory.mktemp("gateway") / "gateway.log", env=TEST_LIMITS_ENV)
     yield running
     stop_gateway(running.process)
 

@@ -1,0 +1,80 @@
+"""The OpenAI-compatible chat API end to end: official `openai` client -> gateway -> real vLLM -> back."""
+
+from __future__ import annotations
+
+import pytest
+from openai import OpenAI
+
+from tests.conftest import RunningGateway, png_data_url
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def client(gateway: RunningGateway) -> OpenAI:
+    return OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+
+
+def image_question(color: str = "red", text: str = "What colour is the shape?") -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": png_data_url(color)}},
+                {"type": "text", "text": text},
+            ],
+        }
+    ]
+
+
+def test_models_lists_the_base_with_its_path(client: OpenAI, gateway: RunningGateway) -> None:
+    models = {m.id: m for m in client.models.list().data}
+    assert list(models) == ["vlmgate-demo"]
+    assert models["vlmgate-demo"].root == str(gateway.model_dir)
+
+
+def test_image_chat_answers_with_usage_counting_the_image(client: OpenAI) -> None:
+    with_image = client.chat.completions.create(
+        model="vlmgate-demo", messages=image_question(), max_tokens=8, temperature=0
+    )
+    text_only = client.chat.completions.create(
+        model="vlmgate-demo",
+        messages=[{"role": "user", "content": "What colour is the shape?"}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert with_image.choices[0].message.content
+    assert 1 <= with_image.usage.completion_tokens <= 8
+    # The image's tokens reach the engine: the same question costs more prompt tokens with the image.
+    assert with_image.usage.prompt_tokens > text_only.usage.prompt_tokens + 4
+
+
+def test_streaming_relays_the_same_greedy_answer_token_by_token(client: OpenAI) -> None:
+    full = client.chat.completions.create(model="vlmgate-demo", messages=image_question(), max_tokens=12, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="vlmgate-demo",
+            messages=image_question(),
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(pieces) == full.choices[0].message.content
+    assert sum(1 for p in pieces if p) >= 2, "answer arrived in one piece: not streamed token by token"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_streaming_without_include_usage_sends_no_usage_chunk(client: OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="vlmgate-demo", messages=image_question("blue"), max_tokens=4, temperature=0, stream=True
+        )
+    )
+    assert chunks
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)

@@ -1,0 +1,50 @@
+"""A client that hangs up mid-stream makes the gateway abort the engine request: generation stops.
+
+The engine's token counter is the witness: a gateway that kept draining the engine after the client left would
+let it generate all `max_tokens` (~25 s here). tests/unit/test_gateway_stream.py shows the mechanism itself: the
+upstream connection is closed when the client disconnects.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import RunningGateway
+
+pytestmark = pytest.mark.engine
+
+
+def engine_metric(engine_url: str, name: str) -> float:
+    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_client_disconnect_stops_generation_upstream(gateway: RunningGateway) -> None:
+    max_tokens = 1500
+    tokens_before = engine_metric(gateway.engine_url, "vllm:generation_tokens_total")
+    body = {
+        "model": "vlmgate-demo",
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,  # would generate all max_tokens if nobody stopped it
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        received = 0
+        for line in r.iter_lines():
+            received += line.startswith("data: ")
+            if received >= 3:
+                break
+    # The client connection is closed here. Wait until the engine's token counter stops moving.
+    previous, current = -1.0, engine_metric(gateway.engine_url, "vllm:generation_tokens_total")
+    deadline = time.monotonic() + 90
+    while current != previous and time.monotonic() < deadline:
+        time.sleep(3)
+        previous, current = current, engine_metric(gateway.engine_url, "vllm:generation_tokens_total")
+    assert engine_metric(gateway.engine_url, "vllm:num_requests_running") == 0
+    generated = engine_metric(gateway.engine_url, "vllm:generation_tokens_total") - tokens_before
+    assert generated < max_tokens / 2, f"engine generated {generated} tokens after the client left"
