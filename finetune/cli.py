@@ -33,8 +33,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("--eval", dest="eval_data", help="held-out JSONL, checked too and for leakage from DATA")
     check.add_argument("--model", help="base model dir: also checks lengths against --max-length with its processor")
     check.add_argument("--max-length", type=int, default=2048, help="max tokens per example (default: 2048)")
-    check.add_argument("--hash-distance", type=int, default=4,
-                       help="perceptual-hash bits within which images are near-duplicates (default: 4)")  # fmt: skip
+    check.add_argument("--hash-distance", type=int, default=6,
+                       help="perceptual-hash bits within which images are near-duplicates (default: 6)")  # fmt: skip
 
     train = sub.add_parser("train", help="train an adapter from a YAML config (see finetune/examples/)")
     train.add_argument("config", nargs="?", help="YAML config; settings may also all come from key=value overrides")
@@ -89,6 +89,9 @@ def _train(args) -> int:
     if args.help_config:
         print("settings (YAML keys or key=value overrides):\n" + describe_fields())
         return 0
+    if args.config and "=" in args.config and not Path(args.config).exists():  # no config file, overrides only
+        args.overrides.insert(0, args.config)
+        args.config = None
     try:
         cfg = load_config(args.config, parse_overrides(args.overrides))
     except ConfigError as exc:

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 
 class FinetuneConfig(BaseModel):
-    """Everything `vlmgate finetune train` needs. Paths are relative to the config file's directory."""
+    """Everything `vlmgate finetune train` needs. Relative paths are relative to the working directory."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -85,7 +85,7 @@ class FinetuneConfig(BaseModel):
         return self
 
     def resolve_paths(self, base_dir: Path) -> FinetuneConfig:
-        """Make relative paths relative to the config file rather than to the caller's working directory."""
+        """Make relative paths absolute, so checkpoints and manifests do not depend on where a resume runs."""
         fields = {}
         for name in ("base_model", "train_data", "eval_data", "output_dir"):
             value = getattr(self, name)
@@ -138,10 +138,12 @@ def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, check_paths: bool = True
 ) -> FinetuneConfig:
     """YAML file (optional) + overrides -> validated config, or ConfigError listing every problem at once."""
+    # Relative paths resolve against the working directory (as in torchtune/axolotl): example configs are run from
+    # the repository root, as their first line says.
     text, base_dir, label = "", Path.cwd(), "<overrides>"
     if path is not None:
         path = Path(path)
-        label, base_dir = str(path), path.resolve().parent
+        label = str(path)
         try:
             text = path.read_text()
         except OSError as exc:

@@ -226,14 +226,15 @@ class _LineReader:
             self.issue(
                 "images", f"{len(image_urls)} image(s) listed but {used[0]} {IMAGE_PLACEHOLDER} placeholder(s) in text"
             )
+        last = f"{key}[{len(raw_messages) - 1}]"
         if messages and messages[-1]["role"] != "assistant":
-            self.issue(f"{key}[{len(raw_messages) - 1}].role", "no assistant turn: the last message must be the answer")
+            self.issue(f"{last}.role", "no assistant turn: the last message must be the answer")
+        elif messages and any(p["type"] == "image" for p in messages[-1]["content"]):
+            self.issue(f"{last}.content", "the assistant's answer cannot contain images")
         elif messages and not _text_of(messages[-1]["content"]).strip():
-            self.issue(f"{key}[{len(raw_messages) - 1}].content", "the assistant's answer is empty")
+            self.issue(f"{last}.content", "the assistant's answer is empty")
         if messages and not any(m["role"] == "user" for m in messages):
             self.issue(key, "no user turn: add the question the answer responds to")
-        if any(p["type"] == "image" for p in messages[-1]["content"]) if messages else False:
-            self.issue(f"{key}[{len(raw_messages) - 1}].content", "the assistant's answer cannot contain images")
         if self.issues:
             return None
         # The assistant answer is trained on as plain text.

@@ -1,8 +1,8 @@
 """Dataset health beyond per-line validity: near-duplicate images, train/eval leakage, and statistics.
 
-Near-duplicates use a 64-bit perceptual hash (imagehash.phash): two images within `hash_distance` bits look the
-same to a person even if their bytes differ (re-encoded, resized). Leakage = a held-out example whose question
-and image (near-duplicate) both appear in training: its score would measure memory, not skill.
+Near-duplicates use a perceptual hash per colour channel (imagehash.phash, 3 x 64 bits): two images within
+`hash_distance` bits look the same to a person even if their bytes differ (re-encoded, resized). Leakage = a
+held-out example whose question and image (near-duplicate) both appear in training: it measures memory, not skill.
 
 Run as: vlmgate finetune check DATA.jsonl [--eval HELDOUT.jsonl] [--model DIR]
 """
@@ -21,28 +21,29 @@ from PIL import Image
 from vlmgate.finetune.data import DataIssue, Example, length_issues, read_jsonl
 
 
-def phash64(image_bytes: bytes) -> int:
+def colour_phash(image_bytes: bytes) -> tuple[int, int, int]:
+    """64-bit perceptual hash of each RGB channel: a grey-level phash alone calls a red and a blue square equal."""
     import imagehash
 
     with Image.open(io.BytesIO(image_bytes)) as img:
-        bits = imagehash.phash(img.convert("RGB")).hash.flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
+        channels = img.convert("RGB").split()
+    return tuple(int("".join("1" if b else "0" for b in imagehash.phash(c).hash.flatten()), 2) for c in channels)
 
 
 def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise bit distances between two arrays of uint64 hashes (len(a) x len(b))."""
-    x = np.bitwise_xor(a[:, None], b[None, :])
-    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+    """Pairwise bit distances between two arrays of (n, 3) uint64 channel hashes, summed over channels."""
+    x = np.bitwise_xor(a[:, None, :], b[None, :, :])
+    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(axis=(-1, -2))
 
 
 def _hashes(examples: list[Example]) -> tuple[np.ndarray, list[int]]:
-    """One hash per image, and the example index each belongs to."""
+    """One (3,) hash per image, and the example index each belongs to."""
     values, owners = [], []
     for i, ex in enumerate(examples):
         for image in ex.images:
-            values.append(phash64(image))
+            values.append(colour_phash(image))
             owners.append(i)
-    return np.array(values, dtype=np.uint64), owners
+    return np.array(values, dtype=np.uint64).reshape(-1, 3), owners
 
 
 def near_duplicates(examples: list[Example], max_distance: int) -> list[tuple[Example, Example, int]]:
@@ -133,7 +134,7 @@ def check_files(
     eval_data: str | Path | None = None,
     model_dir: str | Path | None = None,
     max_length: int = 2048,
-    hash_distance: int = 4,
+    hash_distance: int = 6,
 ) -> CheckReport:
     """Everything `vlmgate finetune check` reports, for one training file and an optional held-out file."""
     report = CheckReport()
