@@ -22,7 +22,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from vlmgate import __version__
-from vlmgate.serve import proxy
+from vlmgate.serve import observability, proxy
+from vlmgate.serve.admission import Admission
 from vlmgate.serve.config import GatewayConfig
 from vlmgate.serve.engines import create_engine
 from vlmgate.serve.engines.base import Engine
@@ -65,6 +66,7 @@ class Gateway:
         }
         self.clients: dict[str, proxy.EngineClient] = {}
         self.observers = RequestObservers()
+        self.admission = Admission()
 
     async def start(self) -> None:
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
@@ -108,6 +110,7 @@ def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) 
     )
     app.state.gateway = gateway
     _install_error_boundary(app)
+    observability.install(app, gateway)
 
     @app.get("/health", tags=["ops"], summary="Liveness: the gateway process answers.")
     async def health() -> dict[str, str]:
@@ -151,17 +154,22 @@ async def _chat(gateway: Gateway, request: Request) -> Response:
             )
         upstream = dict(chat.body, model=engine.request_model_name(adapter))
         client = gateway.clients[engine.model_name]
-        if not chat.stream:
-            trace.forwarded = time.perf_counter()
-            payload = await proxy.complete(client, upstream, trace)
-            gateway.observers.request_end(trace)
-            return JSONBytes(payload)
-        upstream["stream_options"] = {**(chat.body.get("stream_options") or {}), "include_usage": True}
+        if chat.stream:
+            upstream["stream_options"] = {**(chat.body.get("stream_options") or {}), "include_usage": True}
+        await gateway.admission.acquire(trace)
+        trace.admitted = True
         trace.forwarded = time.perf_counter()
+        if not chat.stream:
+            payload = await proxy.complete(client, upstream, trace)
+            _end(gateway, trace)
+            return JSONBytes(payload)
         resp = await client.open("/v1/chat/completions", upstream)
     except APIError as err:
         trace.status, trace.error_type = err.status, err.type
-        gateway.observers.request_end(trace)
+        _end(gateway, trace)
+        raise
+    except BaseException:
+        _end(gateway, trace)
         raise
     return SSEResponse(
         _finish_stream(gateway, proxy.stream(resp, trace, chat.include_usage), trace),
@@ -181,7 +189,15 @@ async def _finish_stream(gateway: Gateway, events: AsyncIterator[bytes], trace: 
         if not completed:
             trace.client_disconnected = True
             trace.status, trace.error_type = 499, "client_disconnected"
-        gateway.observers.request_end(trace)
+        _end(gateway, trace)
+
+
+def _end(gateway: Gateway, trace: RequestTrace) -> None:
+    """A request is over: free its admission slot (if it had one) and tell the observers."""
+    if trace.admitted:
+        trace.admitted = False
+        gateway.admission.release()
+    gateway.observers.request_end(trace)
 
 
 async def _read_json(request: Request, max_bytes: int) -> Any:

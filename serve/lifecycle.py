@@ -37,6 +37,7 @@ class RequestTrace:
     status: int = 200
     error_type: str | None = None
     client_disconnected: bool = False
+    admitted: bool = False  # holds an admission slot until the request ends
 
     def token(self, now: float) -> None:
         if self.first_token is None:
