@@ -177,7 +177,9 @@ async def _execute(config: LoadTestConfig, args: argparse.Namespace, rates: list
         "targets": config.slo.targets(),
         "attainment_target": config.attainment,
     }
-    return build_report(config, result.records, summary, server, sweep)
+    # The summary and requests are those of the best (else the last) step: label them with that step's rate.
+    shown = config.model_copy(update={"rate": outcome.best_rate or outcome.steps[-1]["rate"], "concurrency": None})
+    return build_report(shown, result.records, summary, server, sweep)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -36,6 +36,8 @@ def plot_latency_cdfs(rows: list[dict], path: Path) -> Path:
             ax.step(xs, np.arange(1, xs.size + 1) / xs.size, where="post")
             for q in (0.5, 0.99):
                 ax.axhline(q, color="grey", lw=0.5, ls=":")
+        if name == "ITL" and values and min(values) > 0:
+            ax.set_xscale("log")  # a few stalls would otherwise squash the bulk of the gaps into one column
         ax.set_title(f"{name} (n={len(values)})")
         ax.set_xlabel("ms")
         ax.grid(alpha=0.3)
