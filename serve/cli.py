@@ -41,7 +41,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description="Start the OpenAI-compatible gateway (and the vLLM engine behind it).",
         epilog="Settings come from defaults < --config YAML < VLMGATE_* environment variables < these flags. "
         "Example request: see README.md (curl and the openai SDK).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML configuration (several models, limits, engine flags)")
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
@@ -53,6 +52,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--max-images", type=int, help="most images accepted in one request (default 2)")
     parser.add_argument("--allow-remote-images", action="store_true", default=None, help="accept http(s) image URLs")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
+    parser.add_argument(
+        "--ui", nargs="?", const=7860, type=int, metavar="PORT", help="also start the Gradio demo (default port 7860)"
+    )
     return parser
 
 
@@ -87,4 +89,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     from vlmgate.serve.server import run
 
-    return run(config)
+    return run(config, ui_port=args.ui)

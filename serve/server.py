@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import subprocess
+import sys
 
 import uvicorn
 
@@ -21,20 +23,33 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
 
-def run(config: GatewayConfig) -> int:
+def start_ui(gateway_url: str, port: int) -> subprocess.Popen:
+    """The Gradio demo as a child process: a client of the gateway's public API, like any other."""
+    from vlmgate.serve.engines.process import _die_with_parent
+
+    argv = [sys.executable, "-m", "vlmgate", "ui", "--gateway", gateway_url, "--port", str(port)]
+    return subprocess.Popen(argv, preexec_fn=_die_with_parent)
+
+
+def run(config: GatewayConfig, ui_port: int | None = None) -> int:
     setup_logging(config.log_level)
     app = create_app(config)
     gateway = app.state.gateway
+    gateway_url = f"http://{config.host}:{config.port}"
+    ui = start_ui(gateway_url, ui_port) if ui_port else None
 
-    def kill_engines() -> None:
+    def cleanup() -> None:
         for engine in gateway.engines.values():
             kill = getattr(engine, "kill_now", None)
             if kill is not None:
                 kill()
+        if ui is not None and ui.poll() is None:
+            ui.terminate()
 
-    atexit.register(kill_engines)
-    log.info("starting gateway on http://%s:%d (engines start first; this takes a minute on CPU)",
-             config.host, config.port)  # fmt: skip
+    atexit.register(cleanup)
+    log.info("starting gateway on %s (engines start first; this takes a minute on CPU)", gateway_url)
+    if ui is not None:
+        log.info("Gradio demo on http://127.0.0.1:%d (usable once the gateway reports ready)", ui_port)
     uvicorn.run(
         app,
         host=config.host,
