@@ -74,7 +74,7 @@ def arrival_offsets(
             break
         offsets.append(now)
         if arrival == "constant":
-            now += 1.0 / rate
+            now = len(offsets) / rate  # not a running sum, which would drift by rounding
         else:
             shape = 1.0 if arrival == "poisson" else burstiness
             now += float(rng.gamma(shape, 1.0 / (rate * shape)))

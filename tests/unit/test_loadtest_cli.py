@@ -105,3 +105,33 @@ def test_automatic_sweep_doubles_then_bisects_between_met_and_missed():
 def test_slo_parser_accepts_any_subset_of_targets():
     assert parse_slo("ttft_ms=500, tpot_ms=33").targets() == {"ttft_ms": 500.0, "tpot_ms": 33.0}
     assert parse_slo("").targets() == {}
+
+
+def test_duration_bounds_both_loops_and_stop_ends_a_closed_loop(stub):
+    url, _ = stub
+    base = {"url": url, "models": [ModelWeight(name="stub")], "max_tokens": 2, "warmup_requests": 0,
+            "scrape_metrics": False}  # fmt: skip
+    closed = asyncio.run(run_load(LoadTestConfig(**base, concurrency=2, duration_s=0.3), progress=False))
+    assert closed.records
+    assert all(r.sent_s < 0.3 for r in closed.records)  # no request leaves after the deadline
+    open_loop = asyncio.run(run_load(LoadTestConfig(**base, rate=40, arrival="constant", duration_s=0.5), False))
+    assert [r.scheduled_s for r in open_loop.records] == pytest.approx([i / 40 for i in range(20)])
+
+    async def stopped() -> int:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_load(LoadTestConfig(**base, concurrency=2, duration_s=3600), False, stop))
+        await asyncio.sleep(0.2)
+        stop.set()
+        return len((await task).records)
+
+    assert asyncio.run(stopped()) > 0
+
+
+def test_dataset_prompts_are_sent_as_given(stub, tmp_path):
+    url, state = stub
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}))
+    start = len(state.log)
+    code = main(["--url", url, "--dataset", str(path), "--num-requests", "4", "--max-tokens", "2", "--no-progress"])
+    assert code == 0
+    assert len(state.log) - start == 4 + 2  # measured + warm-up, every one answered
