@@ -192,7 +192,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     from vlmgate.loadtest.report import console_table, write_report
 
-    report = asyncio.run(_execute(config, args, rates))
+    try:
+        report = asyncio.run(_execute(config, args, rates))
+    except ConfigError as exc:  # found only once the server answered (e.g. no model to default to)
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
     print(console_table(report))
     if args.report:
         written = write_report(report, args.report)

@@ -20,7 +20,7 @@ import aiohttp
 import numpy as np
 
 from vlmgate.loadtest.client import RequestRecord, build_payload, send_chat
-from vlmgate.loadtest.config import LoadTestConfig
+from vlmgate.loadtest.config import ConfigError, LoadTestConfig
 from vlmgate.loadtest.prom import Samples, parse_prometheus
 from vlmgate.loadtest.workload import RequestSpec, arrival_offsets, build_requests
 
@@ -170,6 +170,8 @@ async def run_load(config: LoadTestConfig, progress: bool = True, stop: asyncio.
     connector = aiohttp.TCPConnector(limit=0)  # concurrency is ours to set, not the connection pool's
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
         served = [] if config.models else await served_models(session, config)
+        if not config.models and not served:
+            raise ConfigError([f"no --model given and {config.base_url}/v1/models listed none: pass --model NAME"])
         offsets = None
         if config.rate is not None:
             rng = np.random.default_rng(config.seed + 1)

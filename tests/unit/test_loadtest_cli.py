@@ -135,3 +135,9 @@ def test_dataset_prompts_are_sent_as_given(stub, tmp_path):
     code = main(["--url", url, "--dataset", str(path), "--num-requests", "4", "--max-tokens", "2", "--no-progress"])
     assert code == 0
     assert len(state.log) - start == 4 + 2  # measured + warm-up, every one answered
+
+
+def test_without_model_or_server_model_list_it_is_a_usage_error(capsys):
+    # Nothing listens on port 9: /v1/models cannot name a default model.
+    assert main(["--url", "http://127.0.0.1:9", "--num-requests", "1", "--no-progress"]) == 2
+    assert "pass --model NAME" in capsys.readouterr().err
