@@ -69,20 +69,21 @@ def parse_prometheus(text: str) -> Samples:
     return samples
 
 
-def _sum(samples: Samples, name: str) -> float | None:
-    values = [v for (n, _), v in samples.items() if n == name]
+def _sum(samples: Samples, name: str, where: frozenset = frozenset()) -> float | None:
+    """Sum of the series of `name` whose labels include every (label, value) pair of `where`."""
+    values = [v for (n, labels), v in samples.items() if n == name and where <= labels]
     return sum(values) if values else None
 
 
-def _delta(before: Samples, after: Samples, name: str) -> float | None:
-    end = _sum(after, name)
-    return None if end is None else end - (_sum(before, name) or 0.0)
+def _delta(before: Samples, after: Samples, name: str, where: frozenset = frozenset()) -> float | None:
+    end = _sum(after, name, where)
+    return None if end is None else end - (_sum(before, name, where) or 0.0)
 
 
-def _buckets(samples: Samples, name: str) -> dict[float, float]:
+def _buckets(samples: Samples, name: str, where: frozenset = frozenset()) -> dict[float, float]:
     out: dict[float, float] = defaultdict(float)
     for (n, labels), value in samples.items():
-        if n == f"{name}_bucket":
+        if n == f"{name}_bucket" and where <= labels:
             le = dict(labels).get("le")
             if le is not None:
                 out[float(le)] += value
@@ -107,12 +108,12 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     return lower
 
 
-def _histogram_delta(before: Samples, after: Samples, name: str) -> dict | None:
-    count = _delta(before, after, f"{name}_count")
-    total = _delta(before, after, f"{name}_sum")
+def _histogram_delta(before: Samples, after: Samples, name: str, where: frozenset = frozenset()) -> dict | None:
+    count = _delta(before, after, f"{name}_count", where)
+    total = _delta(before, after, f"{name}_sum", where)
     if count is None or total is None or count <= 0:
         return None
-    start, end = _buckets(before, name), _buckets(after, name)
+    start, end = _buckets(before, name, where), _buckets(after, name, where)
     buckets = {bound: end[bound] - start.get(bound, 0.0) for bound in end}
     result = {"count": int(round(count)), "mean": 1000 * total / count}
     for q in (50, 90, 95, 99):
@@ -132,6 +133,26 @@ def server_side(before: Samples, after: Samples) -> dict[str, dict]:
         for quantity, name in COUNTERS[family].items():
             if (value := _delta(before, after, prefix + name)) is not None:
                 figures[quantity] = int(round(value))
+        if family == "vlmgate" and (per_model := _per_adapter(before, after, prefix)):
+            figures["per_model"] = per_model
         if figures:
             out[family] = figures
+    return out
+
+
+def _per_adapter(before: Samples, after: Samples, prefix: str) -> dict[str, dict]:
+    """The gateway labels latency by `model` (base) and `adapter` ("" for the base): figures per name a client
+    would send, i.e. the adapter, or the base model for base traffic."""
+    ttft = prefix + HISTOGRAMS["vlmgate"]["ttft_ms"]
+    series = {labels for (n, labels) in after if n == f"{ttft}_count"}
+    out: dict[str, dict] = {}
+    for labels in series:
+        label = dict(labels)
+        if "model" not in label or "adapter" not in label:
+            continue
+        where = frozenset({("model", label["model"]), ("adapter", label["adapter"])})
+        figures = {q: h for q in ("ttft_ms", "tpot_ms", "e2e_ms")
+                   if (h := _histogram_delta(before, after, prefix + HISTOGRAMS["vlmgate"][q], where))}  # fmt: skip
+        if figures:
+            out[label["adapter"] or label["model"]] = figures
     return out

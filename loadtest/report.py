@@ -127,26 +127,24 @@ def _headline(report: dict) -> list[str]:
     return lines
 
 
-def _model_rows(summary: dict) -> list[list[str]]:
+def _model_rows(summary: dict, server: dict | None) -> list[list[str]]:
+    """Client figures per model/adapter, and the gateway's own when its metrics carry the adapter label."""
+    gateway = ((server or {}).get("vlmgate") or {}).get("per_model")
     rows = []
     for model, m in summary["per_model"].items():
         ttft, tpot = m.get("ttft_ms") or {}, m.get("tpot_ms") or {}
-        rows.append(
-            [
-                model,
-                str(m["requests"]),
-                str(m["succeeded"]),
-                str(m["good"]),
-                _fmt(ttft.get("p50")),
-                _fmt(ttft.get("p99")),
-                _fmt(tpot.get("p50")),
-                _fmt(tpot.get("p99")),
-            ]
-        )
+        row = [model, str(m["requests"]), str(m["succeeded"]), str(m["good"]), _fmt(ttft.get("p50")),
+               _fmt(ttft.get("p99")), _fmt(tpot.get("p50")), _fmt(tpot.get("p99"))]  # fmt: skip
+        if gateway is not None:
+            mine = gateway.get(model) or {}
+            row += [_fmt((mine.get("ttft_ms") or {}).get("p50")), _fmt((mine.get("tpot_ms") or {}).get("p50"))]
+        rows.append(row)
     return rows
 
 
-MODEL_HEADER = ["model", "requests", "ok", "good", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99"]
+def _model_header(server: dict | None) -> list[str]:
+    extra = ["gateway TTFT p50~", "gateway TPOT p50~"] if ((server or {}).get("vlmgate") or {}).get("per_model") else []
+    return ["model", "requests", "ok", "good", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", *extra]
 
 
 def _sweep_rows(sweep: dict) -> list[list[str]]:
@@ -174,7 +172,7 @@ def console_table(report: dict) -> str:
     if report["server"]:
         parts.append("(server columns: /metrics deltas over the run; ~ = estimated from histogram buckets)")
     if len(report["summary"]["per_model"]) > 1:
-        parts += ["", _table(MODEL_HEADER, _model_rows(report["summary"]))]
+        parts += ["", _table(_model_header(report["server"]), _model_rows(report["summary"], report["server"]))]
     if report["sweep"]:
         parts += [
             "",
@@ -202,7 +200,12 @@ def markdown(report: dict) -> str:
             "Server columns are /metrics deltas over the run (percentiles estimated from histogram buckets); "
             f"server counters: {server_counts}."
         ]
-    parts += ["", "## Per model", "", _markdown_table(MODEL_HEADER, _model_rows(report["summary"]))]
+    parts += [
+        "",
+        "## Per model",
+        "",
+        _markdown_table(_model_header(report["server"]), _model_rows(report["summary"], report["server"])),
+    ]
     if report["sweep"]:
         parts += [
             "",

@@ -89,3 +89,30 @@ def test_server_side_figures_are_deltas_between_scrapes():
 def test_histogram_quantile_stays_below_the_top_finite_bound():
     assert histogram_quantile(0.99, {0.1: 0.0, 1.0: 0.0, float("inf"): 4.0}) == 1.0
     assert histogram_quantile(0.5, {}) is None
+
+
+GATEWAY = """vlmgate_time_to_first_token_seconds_bucket{model="base",adapter="",le="0.1"} 3
+vlmgate_time_to_first_token_seconds_bucket{model="base",adapter="",le="+Inf"} 4
+vlmgate_time_to_first_token_seconds_count{model="base",adapter=""} 4
+vlmgate_time_to_first_token_seconds_sum{model="base",adapter=""} 0.4
+vlmgate_time_to_first_token_seconds_bucket{model="base",adapter="fr",le="0.1"} 0
+vlmgate_time_to_first_token_seconds_bucket{model="base",adapter="fr",le="+Inf"} 2
+vlmgate_time_to_first_token_seconds_count{model="base",adapter="fr"} 2
+vlmgate_time_to_first_token_seconds_sum{model="base",adapter="fr"} 0.6
+"""
+
+
+def test_gateway_figures_are_split_per_adapter_and_shown_beside_the_clients():
+    from vlmgate.loadtest.config import LoadTestConfig
+    from vlmgate.loadtest.report import build_report, console_table
+
+    server = server_side({}, parse_prometheus(GATEWAY))
+    per_model = server["vlmgate"]["per_model"]
+    assert per_model["base"]["ttft_ms"]["count"] == 4
+    assert per_model["fr"]["ttft_ms"]["mean"] == pytest.approx(300.0)
+    assert server["vlmgate"]["ttft_ms"]["count"] == 6  # the family total sums both label sets
+    records = [_record(0, 0.1, 0.2, 3, model="base"), _record(1, 0.3, 0.5, 3, model="fr")]
+    config = LoadTestConfig(url="http://x", concurrency=1)
+    table = console_table(build_report(config, records, summarize(records, 1.0, SLO()), server))
+    assert "gateway TTFT p50~" in table
+    assert "vlmgate p50~" in table
