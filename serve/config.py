@@ -4,7 +4,8 @@ Precedence (lowest to highest): defaults here < `--config FILE` (YAML) < `VLMGAT
 < command-line flags. Every problem is reported at once, each with the field, the file and a fix.
 
 Environment variables: `VLMGATE_HOST`, `VLMGATE_PORT`, `VLMGATE_LOG_LEVEL`, `VLMGATE_MODEL` (path or id of the one
-served model) and, for any other field, `VLMGATE_<SECTION>__<FIELD>` (e.g. `VLMGATE_LIMITS__MAX_IMAGES_PER_REQUEST=2`).
+served model), `VLMGATE_API_KEYS` (comma-separated), `VLMGATE_ADMIN_KEY`, `VLMGATE_ADAPTER_STORE` and, for any
+other field, `VLMGATE_<SECTION>__<FIELD>` (e.g. `VLMGATE_LIMITS__MAX_IMAGES_PER_REQUEST=2`).
 """
 
 from __future__ import annotations
@@ -95,12 +96,35 @@ class ModelConfig(_Strict):
         return self
 
 
+class AuthConfig(_Strict):
+    """API keys. With none configured the gateway is open, which it allows only on a loopback address."""
+
+    api_keys: list[str] = Field(
+        default_factory=list, description="Keys accepted for inference (also: VLMGATE_API_KEYS, comma-separated)."
+    )
+    admin_key: str | None = Field(None, description="Key for adapter management (also: VLMGATE_ADMIN_KEY).")
+    insecure: bool = Field(False, description="Allow running without keys on a non-loopback address.")
+
+
+class AdaptersConfig(_Strict):
+    """Where adapters live and how the registry behaves."""
+
+    store_dir: str = Field(
+        str(Path.home() / ".local" / "share" / "vlmgate" / "adapters"),
+        description="Adapter store: adapters must live under it (also: --adapter-store, VLMGATE_ADAPTER_STORE).",
+    )
+    registry_path: str | None = Field(None, description="SQLite registry file (default: STORE_DIR/registry.sqlite3).")
+    drain_timeout_s: float = Field(30.0, gt=0, description="How long removal waits for in-flight requests.")
+
+
 class GatewayConfig(_Strict):
     host: str = Field("127.0.0.1", description="Address the gateway binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port the gateway listens on (0: any free port).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     models: list[ModelConfig] = Field(default_factory=list, description="Base models served, each on its engine.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -157,6 +181,12 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         name = key[len(ENV_PREFIX) :].lower()
         if name == "model":
             out["models"] = [{"path": value}]
+        elif name == "api_keys":
+            out["auth.api_keys"] = [k.strip() for k in value.split(",") if k.strip()]
+        elif name == "admin_key":
+            out["auth.admin_key"] = value
+        elif name == "adapter_store":
+            out["adapters.store_dir"] = value
         elif name in ("host", "port", "log_level") or "__" in name:
             out[name.replace("__", ".")] = value
     return out
