@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,16 @@ class EngineConfig(_Strict):
     max_model_len: int | None = Field(2048, gt=0, description="Context length given to the engine (None: its default).")
     max_lora_rank: int = Field(64, gt=0, description="Largest LoRA rank the engine accepts.")
     max_loras: int = Field(4, gt=0, description="Adapters the engine holds at once (slots).")
+    max_loaded_loras: int | None = Field(
+        None, gt=0, description="SGLang: adapters kept loaded in host memory (--max-loaded-loras, >= max_loras)."
+    )
+    lora_eviction_policy: Literal["lru", "fifo"] = Field(
+        "lru", description="SGLang: which loaded adapter leaves the GPU pool first when it is full."
+    )
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="SGLang: modules the engine reserves LoRA room for at start (adapters may target a subset).",
+    )
     cpu_kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may use.")
     extra_args: list[str] = Field(default_factory=list, description="Extra engine command-line flags, passed as is.")
@@ -76,6 +87,15 @@ class EngineConfig(_Strict):
         if v is not None and not re.match(r"^https?://", v):
             raise ValueError("must start with http:// or https://, like http://127.0.0.1:8001")
         return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _lora_pool(self) -> EngineConfig:
+        if self.max_loaded_loras is not None and self.max_loaded_loras < self.max_loras:
+            raise ValueError(
+                f"max_loaded_loras ({self.max_loaded_loras}) must be >= max_loras ({self.max_loras}): SGLang keeps "
+                "every adapter of a batch loaded"
+            )
+        return self
 
 
 class ModelConfig(_Strict):
@@ -117,6 +137,85 @@ class AdaptersConfig(_Strict):
     drain_timeout_s: float = Field(30.0, gt=0, description="How long removal waits for in-flight requests.")
 
 
+class SLOTargets(_Strict):
+    """Latency targets one request must meet to count as good; a target set to null is not checked."""
+
+    ttft_ms: float | None = Field(
+        500.0, gt=0, description="Time to first token, arrival -> first generated text (streaming requests)."
+    )
+    tpot_ms: float | None = Field(
+        33.0, gt=0, description="Time per output token after the first (streaming, 2+ tokens); 33 ms = 30 tokens/s."
+    )
+    image_preprocess_ms: float | None = Field(
+        200.0, gt=0, description="Gateway-side image decoding and checks, all images of a request together."
+    )
+    e2e_ms: float | None = Field(
+        None, gt=0, description="End-to-end, arrival -> last byte; non-streaming requests without it are judged on "
+        "ttft_ms + tpot_ms x (completion tokens - 1).",
+    )
+    objective: float = Field(
+        0.99, gt=0, lt=1, description="Share of requests that must meet every target (0.99: 1% error budget)."
+    )
+
+
+class ModelSLOTargets(SLOTargets):
+    """Targets for one base model (fields left out inherit slo.default) and per-adapter overrides."""
+
+    adapters: dict[str, SLOTargets] = Field(
+        default_factory=dict, description="Per-adapter overrides; fields left out inherit the model's targets."
+    )
+
+
+class SLOConfig(_Strict):
+    """Latency SLOs: targets, the windows /v1/slo reports over, and how many adapter series are kept."""
+
+    default: SLOTargets = Field(default_factory=SLOTargets, description="Targets of every model and adapter.")
+    models: dict[str, ModelSLOTargets] = Field(
+        default_factory=dict, description="Per-model overrides, keyed by the model id clients use."
+    )
+    short_window_s: float = Field(300.0, gt=0, description="Short window for burn rate and percentiles (5 min).")
+    long_window_s: float = Field(3600.0, gt=0, description="Long window for burn rate and percentiles (1 h).")
+    max_samples: int = Field(
+        2000, gt=0, description="Latest requests kept per model/adapter for /v1/slo percentiles (memory bound)."
+    )
+    max_adapter_labels: int = Field(
+        32, ge=0, description="Distinct adapters per model with their own metric series; later ones share 'other'."
+    )
+
+    @model_validator(mode="after")
+    def _windows(self) -> SLOConfig:
+        if self.short_window_s >= self.long_window_s:
+            raise ValueError(f"short_window_s ({self.short_window_s}) must be < long_window_s ({self.long_window_s})")
+        return self
+
+    def targets_for(self, model: str, adapter: str = "") -> SLOTargets:
+        """Effective targets: slo.default < slo.models[model] < slo.models[model].adapters[adapter]."""
+        targets = self.default
+        per_model = self.models.get(model)
+        if per_model is not None:
+            targets = _overlay(targets, per_model)
+            if adapter and adapter in per_model.adapters:
+                targets = _overlay(targets, per_model.adapters[adapter])
+        return targets
+
+
+def _overlay(base: SLOTargets, override: SLOTargets) -> SLOTargets:
+    # Only fields written in the config override (so `e2e_ms: null` switches a target off).
+    fields = override.model_fields_set & set(SLOTargets.model_fields)
+    return base.model_copy(update={name: getattr(override, name) for name in fields})
+
+
+class AdmissionConfig(_Strict):
+    """Overload protection: a bounded queue in front of the engines; past it, 429 with Retry-After."""
+
+    max_concurrent: int | None = Field(
+        256, gt=0, description="Requests at the engines at once, all models together (null: no bound, no queue)."
+    )
+    max_queue: int = Field(1024, ge=0, description="Requests that may wait for a slot; beyond, an immediate 429.")
+    queue_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a slot before the request gets a 429.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After header (seconds) sent with every admission 429.")
+
+
 class GatewayConfig(_Strict):
     host: str = Field("127.0.0.1", description="Address the gateway binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port the gateway listens on (0: any free port).")
@@ -125,6 +224,8 @@ class GatewayConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -213,7 +314,11 @@ def _unknown_key_problems(data: Any, model: type[BaseModel], where: str = "") ->
             problems.append(f"{loc}: unknown setting{hint}")
             continue
         sub = _nested_model(fields[key].annotation)
-        if sub is not None:
+        if sub is not None and typing.get_origin(fields[key].annotation) is dict and isinstance(value, dict):
+            # A mapping of name -> settings (e.g. slo.models): check each entry, not the names themselves.
+            for name, item in value.items():
+                problems += _unknown_key_problems(item, sub, f"{loc}.{name}.")
+        elif sub is not None:
             items = value if isinstance(value, list) else [value]
             for i, item in enumerate(items):
                 prefix = f"{loc}.{i}." if isinstance(value, list) else f"{loc}."

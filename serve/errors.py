@@ -84,6 +84,14 @@ class RateLimitError(APIError):
     code = "rate_limit_exceeded"
 
 
+class AdaptersUnsupportedError(APIError):
+    """An adapter was asked of a base whose engine cannot load adapters at runtime (e.g. a generic upstream)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "adapters_unsupported"
+
+
 class EngineUnavailableError(APIError):
     """The engine is starting, restarting or unreachable: the client may retry."""
 

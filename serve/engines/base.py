@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,12 @@ ReadyCallback = Callable[["Engine"], Awaitable[None]]
 
 
 class Engine(abc.ABC):
-    """One base model on one engine. Subclasses: VLLMEngine (launch or attach), later SGLang, generic upstream."""
+    """One base model on one engine: VLLMEngine, SGLangEngine (launch or attach), OpenAIUpstreamEngine (attach)."""
 
     kind: str = "abstract"
+    # The gateway's metric names -> this engine's Prometheus names, for dashboards and load tests that read the
+    # engine's /metrics next to the gateway's (e.g. "time_to_first_token_seconds" -> "sglang:time_to_first_...").
+    metric_names: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model_name: str, model_path: str) -> None:
         self.model_name = model_name  # the id clients use
