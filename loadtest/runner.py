@@ -187,16 +187,17 @@ async def run_load(config: LoadTestConfig, progress: bool = True, stop: asyncio.
         else:
             count = config.num_requests or CLOSED_LOOP_POOL
         specs = build_requests(config, count + config.warmup_requests, served)
-        warmup = [replace(s, index=-1) for s in specs[count:]]
+        # Warm-up takes the first specs so that, with a dataset, measured requests do not repeat its prompts.
+        warmup, specs = [replace(s, index=-1) for s in specs[: config.warmup_requests]], specs[config.warmup_requests :]
         warmup_errors = await _warmup(session, config, url, headers, warmup)
         before = await scrape_metrics(session, config)
         bar = _Progress(count if (offsets is not None or config.num_requests) else None, progress)
         t0 = time.perf_counter()
         try:
             if offsets is None:
-                records = await _closed_loop(session, config, url, headers, specs[:count], bar, t0, stop)
+                records = await _closed_loop(session, config, url, headers, specs, bar, t0, stop)
             else:
-                records = await _open_loop(session, config, url, headers, specs[:count], offsets, bar, t0)
+                records = await _open_loop(session, config, url, headers, specs, offsets, bar, t0)
         finally:
             bar.close()
         duration = time.perf_counter() - t0

@@ -137,7 +137,10 @@ def build_requests(config: LoadTestConfig, count: int, served_models: list[str] 
     picks = pick_rng.choice(len(models), size=count, p=shares)
     if config.dataset is not None:
         conversations = load_chat_dataset(config.dataset)
-        order = prompt_rng.integers(0, len(conversations), size=count)
+        # Whole permutations back to back: every conversation is used once before any repeats (a repeat could
+        # hit the server's prefix cache and look faster than it is).
+        rounds = -(-count // len(conversations))
+        order = np.concatenate([prompt_rng.permutation(len(conversations)) for _ in range(rounds)])
         return [
             RequestSpec(i, models[picks[i]].name, conversations[order[i]].messages, conversations[order[i]].images)
             for i in range(count)
