@@ -1,0 +1,260 @@
+"""The demo VLM's training recipe: build the tiny Qwen2-VL, align its vision side, then instruction-tune it.
+
+Run as: vlmgate demo train [--out DIR] [--config demo.yaml]   (defaults reproduce the shipped model)
+
+Two stages, following what worked on these CPUs (see FEASIBILITY.md):
+  stage 0  vision tower + merger ALONE (no language model in the forward pass) with throwaway linear heads on the
+           merger output: colour, shape and count from the mean-pooled tokens (so the language model can read
+           them with one uniform attention), occupied 3x3 cells from the flattened tokens, and per-token
+           "a shape's centre is here" flags (what counting needs).
+  stage 1  the whole model on question answering, loss only on the answer and its <|im_end|>, with the
+           stage-0 heads kept as an auxiliary loss.
+Text M-RoPE uses rope_theta 10 and mrope_section [2, 10, 20]: at the default 1e4 the columns of a 4x4 token
+grid are nearly indistinguishable and "where is it?" stays at chance. Images come from a pre-rendered pool
+(plus left-right mirroring) because drawing them costs as much CPU as a training step; questions are fresh
+every step, kinds and counts balanced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
+from tqdm import tqdm
+
+from vlmgate.finetune.demo.batching import AuxHeads, PromptEncoder, batch_vision_attention, collate
+from vlmgate.finetune.demo.questions import KINDS, ask, tokenizer_corpus
+from vlmgate.finetune.demo.shapes import MAX_COUNT, mirror, render, sample_scene
+from vlmgate.finetune.tiny_vlm import TinyVLMConfig, build_tiny_vlm
+
+
+def demo_model_config() -> TinyVLMConfig:
+    """The demo model's shape: 4 text layers, rope_theta 10, mrope [2, 10, 20], images capped at 16 tokens."""
+    return TinyVLMConfig(
+        num_layers=4,
+        rope_theta=10.0,
+        mrope_section=[2, 10, 20],
+        max_pixels=112 * 112,  # bigger uploads are scaled to about the 4x4 token grid the model was trained on
+        seed=0,
+    )
+
+
+@dataclass
+class DemoTrainConfig:
+    """Every knob of `vlmgate demo train`; the defaults reproduce the shipped model."""
+
+    seed: int = 0  # seeds weights, scene pool and question sampling
+    pool_size: int = 8000  # distinct training images (mirroring doubles them)
+    stage0_steps: int = 500  # vision-only alignment steps
+    stage0_batch: int = 48
+    stage0_lr: float = 2e-3
+    stage1_steps: int = 900  # full-model question-answering steps
+    stage1_batch: int = 32
+    lr_lm: float = 2e-3  # language model (random init, so a high rate)
+    lr_vision: float = 5e-4  # vision tower (already aligned in stage 0)
+    lr_merger: float = 1e-3
+    aux_weight: float = 0.3  # weight of the stage-0 heads' loss during stage 1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 150  # stage-1 steps between held-out evaluations
+    eval_per_kind: int = 48  # held-out examples per question kind in the periodic evaluation
+    threads: int = 1  # torch intra-op threads; 1 is far faster than 2 on a busy box
+    model: TinyVLMConfig = field(default_factory=demo_model_config)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> DemoTrainConfig:
+        """Load a YAML file of the fields above; report every unknown or mistyped key at once."""
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        errors = [f"{path}: unknown key {k!r}" for k in data if k not in cls.__dataclass_fields__]
+        model = data.pop("model", None) or {}
+        errors += [f"{path}: model: unknown key {k!r}" for k in model if k not in TinyVLMConfig.__dataclass_fields__]
+        for k, v in data.items():
+            default = getattr(cls(), k, None)
+            if (
+                default is not None
+                and not isinstance(v, type(default))
+                and not (isinstance(default, float) and isinstance(v, int))
+            ):
+                errors.append(f"{path}: {k}: expected {type(default).__name__}, got {v!r}")
+        if errors:
+            raise ValueError("invalid demo training config:\n  " + "\n  ".join(errors))
+        base = asdict(demo_model_config())
+        base.update(model)
+        return cls(**data, model=TinyVLMConfig(**base))
+
+
+class ScenePool:
+    """Pre-rendered training images and their scenes; `sample` draws balanced examples with fresh questions."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        rng = np.random.default_rng([seed, 1])
+        # A quarter of each count, so that counting is balanced and single shapes (position questions) are many.
+        self.scenes = [sample_scene(rng, count=1 + i % MAX_COUNT) for i in range(size)]  # see training_scenes
+        self.images = np.stack([np.asarray(render(s)) for s in tqdm(self.scenes, desc="rendering pool", leave=False)])
+        self.single = np.array([i for i, s in enumerate(self.scenes) if s.count == 1])
+
+    def sample(self, rng: np.random.Generator, batch: int):
+        kinds = rng.choice(KINDS, size=batch)
+        examples, images = [], []
+        for kind in kinds:
+            idx = int(rng.choice(self.single)) if kind == "position" else int(rng.integers(len(self.scenes)))
+            scene, image = self.scenes[idx], self.images[idx]
+            if rng.random() < 0.5:
+                scene, image = mirror(scene), image[:, ::-1]
+            examples.append(ask(rng, scene, str(kind)))
+            images.append(image)
+        return examples, np.stack(images)
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * 0.95 + 0.05
+
+
+def answer_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Language-model loss on answer tokens only; also the merged image tokens (for the aux heads) and exact
+    match per example. The output layer runs only at answer positions (most of the sequence is prompt)."""
+    inputs = batch.inputs
+    vision = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
+    merged = torch.stack(vision.pooler_output)  # (B, image tokens, hidden)
+    rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    hidden = model.model(**rest, mm_encoder_outputs={"image": vision}).last_hidden_state
+    target = batch.labels[:, 1:]
+    where = target != -100
+    logits = model.lm_head(hidden[:, :-1][where])
+    loss = F.cross_entropy(logits, target[where])
+    misses = torch.zeros(len(target)).index_add_(0, where.nonzero()[:, 0], (logits.argmax(-1) != target[where]).float())
+    return loss, merged, misses == 0
+
+
+def evaluate_examples(model, encoder, examples, images, batch_size: int = 64) -> dict[str, float]:
+    """Held-out exact match per question kind (teacher-forced, equal to greedy decoding's exact match)."""
+    hits: dict[str, list[bool]] = {k: [] for k in KINDS}
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate(encoder, examples[start : start + batch_size], images[start : start + batch_size])
+            _, _, match = answer_loss(model, batch)
+            for kind, ok in zip(batch.kinds, match.tolist(), strict=True):
+                hits[kind].append(bool(ok))
+    model.train()
+    return {k: float(np.mean(v)) for k, v in hits.items() if v}
+
+
+def _optimizer(groups, cfg: DemoTrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+
+
+def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
+    """Build, train and save the demo model into out_dir; returns the training history (also history.json)."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    from vlmgate.finetune.demo.evaluate import heldout_set
+
+    started = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out_dir)
+    build_tiny_vlm(out, cfg.model, extra_corpus=tokenizer_corpus())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+    batch_vision_attention(model)
+    model.train()
+    image_tokens = 16
+    encoder = PromptEncoder(tokenizer, image_tokens)
+    heads = AuxHeads(cfg.model.hidden_size, image_tokens)
+    pool = ScenePool(cfg.pool_size, cfg.seed)
+    eval_examples, eval_images = heldout_set(cfg.eval_per_kind, style="train", phrasing="train", seed=cfg.seed + 7)
+    history: dict = {"config": asdict(cfg), "stage0": [], "stage1": [], "eval": []}
+    rng = np.random.default_rng([cfg.seed, 2])
+    prep_s = time.perf_counter() - started
+
+    # Stage 0: vision tower + merger alone.
+    visual = model.model.visual
+    opt = _optimizer([{"params": [*visual.parameters(), *heads.parameters()], "lr": cfg.stage0_lr}], cfg)
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.stage0_steps), desc="stage 0 (vision)")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.stage0_lr * _schedule(step, cfg.stage0_steps, cfg.warmup_steps)
+        examples, images = pool.sample(rng, cfg.stage0_batch)
+        batch = collate(encoder, examples, images)
+        merged = visual(batch.inputs["pixel_values"], grid_thw=batch.inputs["image_grid_thw"]).pooler_output
+        loss, acc = heads.loss(merged.view(len(examples), image_tokens, -1), batch.aux)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*visual.parameters(), *heads.parameters()], cfg.grad_clip)
+        opt.step()
+        if step % 20 == 0 or step == cfg.stage0_steps - 1:
+            history["stage0"].append({"step": step, "loss": loss.item(), "load1": os.getloadavg()[0], **acc})
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in acc.items()})
+    stage0_s = time.perf_counter() - t0
+
+    # Stage 1: the whole model on question answering.
+    lm_params = [p for n, p in model.named_parameters() if not n.startswith("model.visual")]
+    groups = [
+        {"params": lm_params, "lr": cfg.lr_lm},
+        {"params": list(visual.blocks.parameters()) + list(visual.patch_embed.parameters()), "lr": cfg.lr_vision},
+        {"params": list(visual.merger.parameters()), "lr": cfg.lr_merger},
+        {"params": list(heads.parameters()), "lr": cfg.lr_merger},
+    ]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    opt = _optimizer(groups, cfg)
+    t1 = time.perf_counter()
+    bar = tqdm(range(cfg.stage1_steps), desc="stage 1 (Q&A)")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * _schedule(step, cfg.stage1_steps, cfg.warmup_steps)
+        examples, images = pool.sample(rng, cfg.stage1_batch)
+        batch = collate(encoder, examples, images)
+        lm_loss, merged, match = answer_loss(model, batch)
+        aux_loss, _ = heads.loss(merged, batch.aux)
+        loss = lm_loss + cfg.aux_weight * aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        if step % 20 == 0:
+            history["stage1"].append({"step": step, "loss": lm_loss.item(), "train_em": match.float().mean().item()})
+        if (step + 1) % cfg.eval_every == 0 or step == cfg.stage1_steps - 1:
+            scores = evaluate_examples(model, encoder, eval_examples, eval_images)
+            # The 1-minute load average says how contended the CPU was (the box may be shared).
+            load1 = os.getloadavg()[0]
+            history["eval"].append({"step": step + 1, "elapsed_s": time.perf_counter() - t1, "load1": load1, **scores})
+            log(f"stage 1 step {step + 1}: held-out " + " ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+            # A usable model (and its history) after every evaluation, should a long run be cut short.
+            model.save_pretrained(out)
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+        bar.set_postfix(loss=f"{lm_loss.item():.3f}")
+    stage1_s = time.perf_counter() - t1
+
+    history["timing_s"] = {
+        "prepare": prep_s,
+        "stage0": stage0_s,
+        "stage1": stage1_s,
+        "total": time.perf_counter() - started,
+    }
+    model.eval()
+    model.save_pretrained(out)  # fp32 for now; `finalize` decides on bf16
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    return history
+
+
+def training_scenes(cfg: DemoTrainConfig) -> set:
+    """Every scene training saw (pool and mirrors), cheap to rebuild: to prove evaluation scenes are new."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    scenes = [sample_scene(rng, count=1 + i % MAX_COUNT) for i in range(cfg.pool_size)]
+    return set(scenes) | {mirror(s) for s in scenes}
