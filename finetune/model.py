@@ -108,9 +108,9 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def load_for_inference(model_dir: str | Path, adapter_dir: str | Path | None = None):
-    """Full-precision base (+ adapter) in eval mode: what an engine serves, whatever the adapter was trained with."""
-    model = load_base(model_dir, "lora", "float32")
+def load_for_inference(model_dir: str | Path, adapter_dir: str | Path | None = None, dtype: str = "float32"):
+    """Unquantized base (+ adapter) in eval mode: what an engine serves, whatever the adapter was trained with."""
+    model = load_base(model_dir, "lora", dtype)
     if adapter_dir is not None:
         from peft import PeftModel
 

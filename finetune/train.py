@@ -119,12 +119,15 @@ class Trainer:
         # Encoding (image preprocessing) is deterministic, so it is done once per example and reused every epoch.
         self._cache: dict[str, dict[int, dict]] = {"train": {}, "eval": {}}
 
-    def _loss(self, split: str, indices: list[int]) -> torch.Tensor:
+    def encoded_batch(self, split: str, indices: list[int]) -> dict[str, torch.Tensor]:
         examples, cache = getattr(self.data, split), self._cache[split]
         for i in indices:
             if i not in cache:
                 cache[i] = encode_example(examples[i], self.processor)
-        return self.model(**collate([cache[i] for i in indices], self.pad_id)).loss
+        return collate([cache[i] for i in indices], self.pad_id)
+
+    def _loss(self, split: str, indices: list[int]) -> torch.Tensor:
+        return self.model(**self.encoded_batch(split, indices)).loss
 
     def train_step(self) -> float:
         self.model.train()
