@@ -52,7 +52,7 @@ def generate_answers(model, processor, examples: list[Example], max_new_tokens: 
     """Greedy answers, one example at a time (no padding effects, so they match an engine's greedy output)."""
     answers = []
     for example in tqdm(examples, desc=desc or "generating", unit="ex", leave=False):
-        inputs = encode_prompt(example, processor)
+        inputs = {k: v.to(model.device) for k, v in encode_prompt(example, processor).items()}
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = out[0, inputs["input_ids"].shape[1] :]
         answers.append(processor.tokenizer.decode(new, skip_special_tokens=True).strip())

@@ -46,6 +46,8 @@ def load_base(model_dir: str | Path, method: str = "lora", compute_dtype: str = 
             bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=["lm_head", "model.visual", "visual"],
         )
+    if torch.cuda.is_available():  # same code on a GPU box: weights (and 4-bit kernels) on the first GPU
+        kwargs["device_map"] = {"": 0}
     model = _model_class().from_pretrained(str(model_dir), **kwargs)
     disable_cpu_inference_repack(model)
     for param in model.parameters():

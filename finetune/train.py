@@ -124,7 +124,8 @@ class Trainer:
         for i in indices:
             if i not in cache:
                 cache[i] = encode_example(examples[i], self.processor)
-        return collate([cache[i] for i in indices], self.pad_id)
+        batch = collate([cache[i] for i in indices], self.pad_id)
+        return {k: v.to(self.model.device) for k, v in batch.items()}
 
     def _loss(self, split: str, indices: list[int]) -> torch.Tensor:
         return self.model(**self.encoded_batch(split, indices)).loss
