@@ -26,7 +26,9 @@ class QuantizeConfig(BaseModel):
     model: Path = Field(description="bf16/fp32 Hugging Face model directory to quantize")
     method: Literal["awq", "gptq", "rtn"] = Field("awq", description="awq, gptq or rtn (data-free round-to-nearest)")
     output: Path = Field(description="directory for the INT4 compressed-tensors checkpoint (vLLM loads it)")
-    calibration: Path | None = Field(None, description="calibration JSONL (image+text chats); needed by awq/gptq")
+    calibration: Path | None = Field(
+        None, description="calibration JSONL (image+text chats) for awq/gptq; default: generated demo-dataset records"
+    )
     calibration_samples: int = Field(64, ge=1, description="how many calibration records to use (first N)")
     heldout: Path | None = Field(None, description="held-out JSONL scored on bf16 and INT4 (reference answers last)")
     heldout_limit: int | None = Field(None, ge=1, description="score only the first N held-out records")
@@ -49,8 +51,6 @@ class QuantizeConfig(BaseModel):
             found.append(f"--model {self.model}: already quantized; pass the bf16/fp32 original")
         if self.group_size < 8 or self.group_size % 8:
             found.append(f"--group-size {self.group_size}: must be a positive multiple of 8 (e.g. 32, 64, 128)")
-        if self.method != "rtn" and self.calibration is None:
-            found.append(f"--method {self.method} needs --calibration DATA.jsonl (or use --method rtn, data-free)")
         for flag, path in (("--calibration", self.calibration), ("--heldout", self.heldout)):
             if path is not None and not path.is_file():
                 found.append(f"{flag} {path}: file not found")

@@ -52,6 +52,16 @@ def worker_job(cfg: QuantizeConfig, calibration_tensors: Path | None, count: int
     }
 
 
+def default_calibration(workdir: Path, count: int, say: Callable[[str], None]) -> Path:
+    """The demo dataset (training distribution, generated on the fly) when no --calibration file is given."""
+    try:
+        from vlmgate.finetune.demo.data import write_jsonl
+    except ImportError as exc:
+        raise QuantizeError(f"no --calibration given and the demo data generator is unavailable ({exc})") from exc
+    say(f"no --calibration given: generating {count} records of the demo dataset as calibration data")
+    return write_jsonl(workdir / "calibration", count, seed=0, inline=True, name="calibration.jsonl")
+
+
 def run_worker(python: Path, job: dict[str, Any], workdir: Path, say: Callable[[str], None] = _say) -> dict:
     """Run the worker in the isolated interpreter; its log streams through, its last stdout line is the summary."""
     job_file = workdir / "job.json"
@@ -99,16 +109,17 @@ def quantize(cfg: QuantizeConfig, say: Callable[[str], None] = _say) -> dict[str
     with tempfile.TemporaryDirectory(prefix="vlmgate-quantize-") as tmp:
         workdir, tensors, count = Path(tmp), None, 0
         t0 = time.perf_counter()
-        if cfg.calibration is not None and cfg.method != "rtn":
+        if cfg.method != "rtn":
             import torch
 
             from vlmgate.quantize.evaluate import calibration_batches, load_data
 
-            examples = load_data(cfg.calibration, cfg.calibration_samples)
+            calibration = cfg.calibration or default_calibration(workdir, cfg.calibration_samples, say)
+            examples = load_data(calibration, cfg.calibration_samples)
             batches = calibration_batches(cfg.model, examples)
             tensors, count = workdir / "calibration.pt", len(batches)
             torch.save(batches, tensors)
-            say(f"calibration: {count} image+text samples from {cfg.calibration}")
+            say(f"calibration: {count} image+text samples from {calibration}")
         prepare_seconds = time.perf_counter() - t0
         if cfg.overwrite and cfg.output.exists():
             import shutil
@@ -128,7 +139,7 @@ def quantize(cfg: QuantizeConfig, say: Callable[[str], None] = _say) -> dict[str
             "group_size": cfg.group_size,
             "symmetric": cfg.symmetric,
             "ignore": cfg.ignore,
-            "calibration": str(cfg.calibration) if cfg.calibration else None,
+            "calibration": str(cfg.calibration) if cfg.calibration else "generated demo dataset (seed 0)",
             "calibration_samples": count,
             "dtype": cfg.dtype,
             "device": summary.get("device", cfg.device),
