@@ -1,22 +1,82 @@
-"""Admission control: how many requests may be at the engine at once, and what happens past that.
+"""Admission control: how many requests may be at the engines at once, and what happens past that.
 
 The gateway calls `await admission.acquire(trace)` before forwarding a request and `admission.release()` when the
-request ends (stream finished, error, or client gone). This default admits everything; see issue 6 for the
-bounded queue that answers 429 with Retry-After under overload.
+request ends (stream finished, error, or client gone). Up to `admission.max_concurrent` requests are forwarded;
+the next ones wait in a first-come, first-served queue of at most `max_queue`. A request finding the queue full,
+or waiting longer than `queue_timeout_s`, gets a 429 with `Retry-After` at once: under overload the gateway
+sheds load instead of letting every admitted request slow down. The wait counts in the trace's queue time
+(the gateway stamps `forwarded` after acquire returns).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+
+from vlmgate.serve.config import AdmissionConfig
+from vlmgate.serve.errors import RateLimitError
 from vlmgate.serve.lifecycle import RequestTrace
 
 
 class Admission:
-    """Admit every request (no bound)."""
+    """A bounded, FIFO admission queue shared by every model (max_concurrent None: admit everything)."""
 
-    in_flight: int = 0
+    def __init__(self, config: AdmissionConfig | None = None) -> None:
+        self.config = config or AdmissionConfig()
+        self.in_flight = 0  # admitted and not yet released
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.rejected = {"queue_full": 0, "queue_timeout": 0}
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)  # granted and withdrawn waiters leave the deque at once
 
     async def acquire(self, trace: RequestTrace) -> None:
-        self.in_flight += 1
+        limit = self.config.max_concurrent
+        if limit is None or (self.in_flight < limit and not self._waiters):
+            self.in_flight += 1
+            return
+        if len(self._waiters) >= self.config.max_queue:
+            self.rejected["queue_full"] += 1
+            raise self._overloaded(f"{self.in_flight} requests are running and {len(self._waiters)} are waiting")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            # The slot is handed over by release() (in_flight already counts it) when this waiter's turn comes.
+            async with asyncio.timeout(self.config.queue_timeout_s):  # unlike wait_for, never swallows a cancel
+                await asyncio.shield(waiter)
+        except TimeoutError:
+            if not self._give_up(waiter):
+                return  # the slot arrived just as the wait ended: take it
+            self.rejected["queue_timeout"] += 1
+            raise self._overloaded(f"no slot freed up within {self.config.queue_timeout_s:g} s") from None
+        except BaseException:  # cancelled: the client went away while waiting
+            if not self._give_up(waiter):
+                self.release()  # it was granted a slot it will never use
+            raise
 
     def release(self) -> None:
+        # Hand the slot to the oldest live waiter, or free it.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
         self.in_flight -= 1
+
+    def _give_up(self, waiter: asyncio.Future[None]) -> bool:
+        """Withdraw a waiter; False if it had already been granted a slot."""
+        if waiter.done():
+            return False
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        return True
+
+    def _overloaded(self, why: str) -> RateLimitError:
+        return RateLimitError(
+            f"The gateway is at capacity ({why}). Retry after {self.config.retry_after_s} s.",
+            code="gateway_overloaded",
+            headers={"Retry-After": str(self.config.retry_after_s)},
+        )
