@@ -33,7 +33,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     def h(name: str) -> str:
         default = fields[name].default
         described = fields[name].description or ""
-        return described if default in (None, [], "") or callable(default) else f"{described} (default {default})"
+        if fields[name].is_required() or default in (None, [], "") or callable(default):
+            return described
+        return f"{described} (default {default})"
 
     p = argparse.ArgumentParser(
         prog=prog,
@@ -51,34 +53,38 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         help="model or adapter, repeatable; WEIGHT = relative share (default: first served model)",
     )
     target.add_argument("--popularity", choices=["uniform", "zipf"], default="uniform", help=h("popularity"))
-    target.add_argument("--zipf-s", type=float, default=1.0, help=h("zipf_s"))
-    target.add_argument("--api-key", help=h("api_key"))
-    target.add_argument("--timeout", type=float, default=300.0, dest="timeout_s", help=h("timeout_s"))
-    target.add_argument("--metrics-url", help=h("metrics_url") + " (e.g. the engine's, behind a gateway)")
+    target.add_argument("--zipf-s", type=float, metavar="S", default=1.0, help=h("zipf_s"))
+    target.add_argument("--api-key", metavar="KEY", help=h("api_key"))
+    target.add_argument("--timeout", type=float, metavar="S", default=300.0, dest="timeout_s", help=h("timeout_s"))
+    target.add_argument(
+        "--metrics-url", metavar="URL", help=h("metrics_url") + " (e.g. the engine's, behind a gateway)"
+    )
     target.add_argument("--no-metrics", action="store_false", dest="scrape_metrics", help="do not scrape /metrics")
 
     load = p.add_argument_group("load")
-    load.add_argument("--concurrency", type=int, help=h("concurrency") + " (default 1 when --rate is not given)")
-    load.add_argument("--rate", type=float, help=h("rate"))
+    load.add_argument(
+        "--concurrency", type=int, metavar="N", help=h("concurrency") + " (default 1 when --rate is not given)"
+    )
+    load.add_argument("--rate", type=float, metavar="R", help=h("rate"))
     load.add_argument("--arrival", choices=["poisson", "gamma", "constant"], default="poisson", help=h("arrival"))
-    load.add_argument("--burstiness", type=float, default=1.0, help=h("burstiness"))
-    load.add_argument("--max-concurrency", type=int, help=h("max_concurrency"))
-    load.add_argument("--num-requests", type=int, help=h("num_requests"))
-    load.add_argument("--duration", type=float, dest="duration_s", help=h("duration_s"))
-    load.add_argument("--warmup", type=int, default=2, dest="warmup_requests", help=h("warmup_requests"))
+    load.add_argument("--burstiness", type=float, metavar="K", default=1.0, help=h("burstiness"))
+    load.add_argument("--max-concurrency", type=int, metavar="N", help=h("max_concurrency"))
+    load.add_argument("--num-requests", type=int, metavar="N", help=h("num_requests"))
+    load.add_argument("--duration", type=float, metavar="S", dest="duration_s", help=h("duration_s"))
+    load.add_argument("--warmup", type=int, metavar="N", default=2, dest="warmup_requests", help=h("warmup_requests"))
     load.add_argument("--seed", type=int, default=0, help=h("seed"))
 
     work = p.add_argument_group("requests")
-    work.add_argument("--dataset", type=Path, help=h("dataset"))
-    work.add_argument("--prompt-words", type=int, default=64, help=h("prompt_words"))
-    work.add_argument("--images-per-request", type=int, default=0, help=h("images_per_request"))
+    work.add_argument("--dataset", type=Path, metavar="FILE.jsonl", help=h("dataset"))
+    work.add_argument("--prompt-words", type=int, metavar="N", default=64, help=h("prompt_words"))
+    work.add_argument("--images-per-request", type=int, metavar="N", default=0, help=h("images_per_request"))
     work.add_argument(
         "--image-size",
         default="224x224",
         metavar="WxH[:W],...",
         help="image size mix, e.g. 224x224:3,448x448:1 (default 224x224)",
     )
-    work.add_argument("--max-tokens", type=int, default=64, help=h("max_tokens"))
+    work.add_argument("--max-tokens", type=int, metavar="N", default=64, help=h("max_tokens"))
     work.add_argument("--ignore-eos", action="store_true", help=h("ignore_eos"))
     work.add_argument("--temperature", type=float, default=0.0, help=h("temperature"))
 
