@@ -155,21 +155,19 @@ async def test_unloading_an_unknown_adapter_is_a_conflict(stub: StubEngineServer
         await engine.stop()
 
 
-async def test_success_without_the_adapter_listed_is_an_upstream_error(stub: StubEngineServer) -> None:
-    stub.reply("POST", "/load_lora_adapter", 200, {"success": True, "loaded_adapters": {"other": "/x"}})
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [({"success": True, "loaded_adapters": {"other": "/x"}}, "does not list adapter 'fr'"),
+     ({"status": "ok"}, "without a success field")],
+    ids=["success-but-not-listed", "no-success-field"],
+)  # fmt: skip
+async def test_replies_that_do_not_confirm_the_load_are_upstream_errors(
+    stub: StubEngineServer, reply: dict, problem: str
+) -> None:
+    stub.reply("POST", "/load_lora_adapter", 200, reply)
     engine = await started(stub)
     try:
-        with pytest.raises(UpstreamError, match="does not list adapter 'fr'"):
-            await engine.load_adapter("fr", "/adapters/fr")
-    finally:
-        await engine.stop()
-
-
-async def test_reply_without_success_field_is_an_upstream_error(stub: StubEngineServer) -> None:
-    stub.reply("POST", "/load_lora_adapter", 200, {"status": "ok"})
-    engine = await started(stub)
-    try:
-        with pytest.raises(UpstreamError, match="without a success field"):
+        with pytest.raises(UpstreamError, match=problem):
             await engine.load_adapter("fr", "/adapters/fr")
     finally:
         await engine.stop()
