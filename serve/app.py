@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,7 +24,11 @@ from starlette.types import Receive, Scope, Send
 
 from vlmgate import __version__
 from vlmgate.serve import observability, proxy
+from vlmgate.serve.adapters.manager import AdapterManager
+from vlmgate.serve.adapters.registry import AdapterRecord, AdapterRegistry
+from vlmgate.serve.adapters.routes import build_router as adapter_router
 from vlmgate.serve.admission import Admission
+from vlmgate.serve.auth import Authorizer
 from vlmgate.serve.config import GatewayConfig
 from vlmgate.serve.engines import create_engine
 from vlmgate.serve.engines.base import Engine
@@ -67,6 +72,11 @@ class Gateway:
         self.clients: dict[str, proxy.EngineClient] = {}
         self.observers = RequestObservers()
         self.admission = Admission()
+        self.authorizer = Authorizer(config.auth)
+        store = Path(config.adapters.store_dir).expanduser()
+        store.mkdir(parents=True, exist_ok=True)
+        registry = AdapterRegistry(config.adapters.registry_path or store / "registry.sqlite3")
+        self.adapters = AdapterManager(registry, self.engines, store, config.adapters.drain_timeout_s)
 
     async def start(self) -> None:
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
@@ -78,15 +88,21 @@ class Gateway:
         for client in self.clients.values():
             await client.close()
         await asyncio.gather(*(engine.stop() for engine in self.engines.values()), return_exceptions=True)
+        self.adapters.registry.close()
 
-    def resolve(self, model: str) -> tuple[Engine, str | None]:
-        """Map a request's `model` to (engine, adapter). Unknown names are a 404 listing what exists."""
+    def resolve(self, model: str) -> tuple[Engine, AdapterRecord | None]:
+        """Map a request's `model` to (engine, adapter): a base name, or an adapter's `name` / `name@version`."""
         engine = self.engines.get(model)
         if engine is not None:
             return engine, None
+        record = self.adapters.resolve(model)
+        if record is not None and record.base_model in self.engines:
+            return self.engines[record.base_model], record
         known = ", ".join(sorted(self.engines)) or "(none)"
         raise ModelNotFoundError(
-            f"The model '{model}' does not exist. Available models: {known}.", param="model", code="model_not_found"
+            f"The model '{model}' does not exist. Base models: {known}; GET /v1/models lists adapters too.",
+            param="model",
+            code="model_not_found",
         )
 
 
@@ -111,6 +127,7 @@ def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) 
     app.state.gateway = gateway
     _install_error_boundary(app)
     observability.install(app, gateway)
+    app.include_router(adapter_router(gateway))
 
     @app.get("/health", tags=["ops"], summary="Liveness: the gateway process answers.")
     async def health() -> dict[str, str]:
@@ -124,11 +141,18 @@ def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) 
         return JSONBytes(orjson.dumps(body), status_code=200 if ok else 503)
 
     @app.get("/v1/models", tags=["openai"], summary="Models served: bases (and their adapters).")
-    async def list_models() -> Response:
+    async def list_models(request: Request) -> Response:
+        gateway.authorizer.inference(request)
         data = [
             {"id": name, "object": "model", "created": _CREATED, "owned_by": "vlmgate", "root": engine.model_path,
              "parent": None, "max_model_len": engine.capabilities.max_model_len}
             for name, engine in gateway.engines.items()
+        ]  # fmt: skip
+        data += [
+            {"id": r.name, "object": "model", "created": int(r.created_at), "owned_by": "vlmgate", "root": r.path,
+             "parent": r.base_model, "version": r.version, "state": r.state}
+            for r in gateway.adapters.registry.list()
+            if r.state != "draining"
         ]  # fmt: skip
         return JSONBytes(orjson.dumps({"object": "list", "data": data}))
 
@@ -142,17 +166,21 @@ def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) 
 async def _chat(gateway: Gateway, request: Request) -> Response:
     trace = RequestTrace(model="")
     try:
+        gateway.authorizer.inference(request)
         body = await _read_json(request, gateway.config.limits.max_request_bytes)
         chat = validate_chat_request(body, gateway.config.limits)
         engine, adapter = gateway.resolve(chat.model)
-        trace.model, trace.adapter, trace.stream = engine.model_name, adapter or "", chat.stream
+        trace.model, trace.adapter, trace.stream = engine.model_name, adapter.name if adapter else "", chat.stream
         trace.image_count, trace.image_preprocess_s = chat.image_count, chat.image_preprocess_s
         if not engine.ready and not await engine.wait_ready(timeout_s=10):
             raise EngineUnavailableError(
                 f"The engine for '{engine.model_name}' is not ready (starting or restarting). Retry shortly.",
                 headers={"Retry-After": "5"},
             )
-        upstream = dict(chat.body, model=engine.request_model_name(adapter))
+        if adapter is not None:
+            await gateway.adapters.acquire(adapter)  # loads it on first use (one load, however many ask at once)
+            trace.holds_adapter = True
+        upstream = dict(chat.body, model=engine.request_model_name(adapter.name if adapter else None))
         client = gateway.clients[engine.model_name]
         if chat.stream:
             upstream["stream_options"] = {**(chat.body.get("stream_options") or {}), "include_usage": True}
@@ -193,10 +221,13 @@ async def _finish_stream(gateway: Gateway, events: AsyncIterator[bytes], trace: 
 
 
 def _end(gateway: Gateway, trace: RequestTrace) -> None:
-    """A request is over: free its admission slot (if it had one) and tell the observers."""
+    """A request is over: free its admission slot and adapter hold (if any) and tell the observers."""
     if trace.admitted:
         trace.admitted = False
         gateway.admission.release()
+    if trace.holds_adapter:
+        trace.holds_adapter = False
+        gateway.adapters.release(trace.adapter)
     gateway.observers.request_end(trace)
 
 

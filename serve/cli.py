@@ -51,6 +51,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--max-model-len", type=int, help="context length given to the engine (default 2048)")
     parser.add_argument("--max-images", type=int, help="most images accepted in one request (default 2)")
     parser.add_argument("--allow-remote-images", action="store_true", default=None, help="accept http(s) image URLs")
+    parser.add_argument("--adapter-store", metavar="DIR", help="directory adapters must live in (registry inside)")
+    parser.add_argument("--insecure", action="store_true", default=None, help="allow no API keys off loopback")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
     parser.add_argument(
         "--ui", nargs="?", const=7860, type=int, metavar="PORT", help="also start the Gradio demo (default port 7860)"
@@ -65,6 +67,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         "log_level": args.log_level,
         "limits.max_images_per_request": args.max_images,
         "limits.allow_remote_images": args.allow_remote_images,
+        "adapters.store_dir": args.adapter_store,
+        "auth.insecure": args.insecure,
     }
     model_flags = {"name": args.name, "engine.url": args.engine_url, "engine.max_model_len": args.max_model_len}
     if args.model or any(v is not None for v in model_flags.values()):
@@ -86,6 +90,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"vlmgate serve: {exc}", file=sys.stderr)
+        return 2
+    from vlmgate.serve.auth import check_startup
+
+    refusal = check_startup(config.auth, config.host)
+    if refusal:
+        print(f"vlmgate serve: {refusal}", file=sys.stderr)
         return 2
     from vlmgate.serve.server import run
 

@@ -38,6 +38,7 @@ class RequestTrace:
     error_type: str | None = None
     client_disconnected: bool = False
     admitted: bool = False  # holds an admission slot until the request ends
+    holds_adapter: bool = False  # counted as in flight on its adapter until the request ends
 
     def token(self, now: float) -> None:
         if self.first_token is None:

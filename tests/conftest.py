@@ -106,10 +106,19 @@ def stop_gateway(proc: subprocess.Popen) -> int:
 
 
 @pytest.fixture(scope="session")
-def gateway(served_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+def adapter_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session gateway's adapter store (adapters must live here; the registry file is inside)."""
+    return tmp_path_factory.mktemp("adapter-store")
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    served_model_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
     """The session's gateway + real vLLM engine on the project's model (served as `vlmgate-demo`)."""
     # Small image limits so that the size checks can be exercised with small test images.
-    running = start_gateway(served_model_dir, tmp_path_factory.mktemp("gateway") / "gateway.log", env=TEST_LIMITS_ENV)
+    env = {**TEST_LIMITS_ENV, "VLMGATE_ADAPTER_STORE": str(adapter_store)}
+    running = start_gateway(served_model_dir, tmp_path_factory.mktemp("gateway") / "gateway.log", env=env)
     yield running
     stop_gateway(running.process)
 

@@ -1,0 +1,83 @@
+"""Request validation without an engine: shapes, types, ranges and image checks map to precise errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from vlmgate.serve.config import LimitsConfig
+from vlmgate.serve.errors import APIError
+from vlmgate.serve.validation import validate_chat_request
+
+LIMITS = LimitsConfig(max_image_bytes=50_000, max_image_pixels=200 * 200, max_images_per_request=2, max_tokens=100)
+
+
+def png(size=(64, 64), fmt="PNG") -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "red").save(buf, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def body(*parts, **extra) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": u}} for u in parts] + [{"type": "text", "text": "hi"}]
+    return {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def error_of(request) -> APIError:
+    with pytest.raises(APIError) as caught:
+        validate_chat_request(request, LIMITS)
+    return caught.value
+
+
+def test_valid_request_reports_images_and_stream_options() -> None:
+    chat = validate_chat_request(body(png(), png(fmt="JPEG"), stream=True, stream_options={"include_usage": True}),
+                                 LIMITS)  # fmt: skip
+    assert (chat.image_count, chat.stream, chat.include_usage) == (2, True, True)
+    assert chat.image_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status", "param"),
+    [
+        ([], 400, None),
+        ({"messages": []}, 400, "model"),
+        ({"model": "m", "messages": []}, 400, "messages"),
+        ({"model": 3, "messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": True}, 400, "max_tokens"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}, 400, "temperature"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 101}, 400, "max_tokens"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream_options": {}}, 400, "stream_options"),
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+        ({"model": "m", "messages": [{"role": "user"}]}, 400, "messages[0].content"),
+        (body(png(), png(), png()), 400, "messages[0].content[2].image_url.url"),
+        (body(png(size=(300, 300))), 413, "messages[0].content[0].image_url.url"),
+        (body("data:image/png;base64," + "A" * 80_000), 413, "messages[0].content[0].image_url.url"),
+        (body("data:image/png," + "abc"), 400, "messages[0].content[0].image_url.url"),
+        (body("https://example.com/cat.png"), 400, "messages[0].content[0].image_url.url"),
+    ],
+)
+def test_invalid_requests(request_body, status: int, param: str | None) -> None:
+    err = error_of(request_body)
+    assert err.status == status
+    assert err.param == param
+    assert err.message
+
+
+def test_images_only_in_user_messages() -> None:
+    request = {"model": "m", "messages": [{"role": "assistant", "content": [{"type": "image_url",
+                                                                           "image_url": {"url": png()}}]}]}  # fmt: skip
+    assert "user messages" in error_of(request).message
+
+
+def test_remote_images_allowed_when_configured() -> None:
+    limits = LIMITS.model_copy(update={"allow_remote_images": True})
+    assert validate_chat_request(body("https://example.com/cat.png"), limits).image_count == 1
+
+
+def test_null_optional_fields_mean_default() -> None:
+    chat = validate_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": None},
+                                 LIMITS)  # fmt: skip
+    assert chat.image_count == 0
