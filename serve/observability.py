@@ -9,6 +9,7 @@ and attaches `RequestMonitor`, which turns each finished request into metrics an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -46,6 +47,24 @@ class RequestMonitor:
         self.tracker.record(model, adapter, trace, verdict)
 
 
+def register_admission_metrics(metrics: GatewayMetrics, admission: Callable[[], Admission]) -> None:
+    """Admission gauges and counters, read at scrape time through `admission()` (the gateway may replace it)."""
+    metrics.gauge_function(
+        "vlmgate_requests_in_flight", "Requests admitted and at an engine now.", lambda: admission().in_flight
+    )
+    metrics.gauge_function(
+        "vlmgate_requests_queued", "Requests waiting for an admission slot now.", lambda: admission().queued
+    )
+    metrics.gauge_function(
+        "vlmgate_admission_max_concurrent",
+        "Configured admission bound (0: unbounded).",
+        lambda: admission().config.max_concurrent or 0,
+    )
+    metrics.counter_function(
+        "vlmgate_admission_rejections", "Requests answered 429 by admission.", "reason", lambda: admission().rejected
+    )
+
+
 def install(app: FastAPI, gateway: Gateway) -> None:
     """Attach the request monitor to gateway.observers and mount /metrics and /v1/slo."""
     config = gateway.config
@@ -59,21 +78,7 @@ def install(app: FastAPI, gateway: Gateway) -> None:
     gateway.slo = tracker  # type: ignore[attr-defined]
     gateway.observers.add(RequestMonitor(metrics, tracker))
 
-    # Read at scrape time through the gateway, so that a replaced admission object is still the one shown.
-    metrics.gauge_function(
-        "vlmgate_requests_in_flight", "Requests admitted and at an engine now.", lambda: gateway.admission.in_flight
-    )
-    metrics.gauge_function(
-        "vlmgate_requests_queued", "Requests waiting for an admission slot now.", lambda: gateway.admission.queued
-    )
-    limit = config.admission.max_concurrent
-    metrics.gauge_function(
-        "vlmgate_admission_max_concurrent", "Configured admission bound (0: unbounded).", lambda: limit or 0
-    )
-    metrics.counter_function(
-        "vlmgate_admission_rejections", "Requests answered 429 by admission.", "reason",
-        lambda: gateway.admission.rejected,
-    )  # fmt: skip
+    register_admission_metrics(metrics, lambda: gateway.admission)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics (definitions: deploy/METRICS.md).")
     async def prometheus_metrics() -> Response:
