@@ -84,12 +84,14 @@ class RateLimitError(APIError):
     code = "rate_limit_exceeded"
 
 
-class AdaptersUnsupportedError(APIError):
-    """An adapter was asked of a base whose engine cannot load adapters at runtime (e.g. a generic upstream)."""
+class AdaptersUnsupportedError(APIError, NotImplementedError):
+    """An adapter was asked of a base whose engine cannot load adapters at runtime (e.g. a generic upstream).
+
+    Also a NotImplementedError: code that treats "this engine has no runtime adapters" that way keeps working."""
 
     status = 400
     type = "invalid_request_error"
-    code = "adapters_unsupported"
+    code = "adapters_not_supported"
 
 
 class EngineUnavailableError(APIError):

@@ -68,8 +68,16 @@ class SGLangEngine(SupervisedEngine):
 
     # -- adapters --------------------------------------------------------------------------------------------
     async def load_adapter(self, name: str, path: str, pinned: bool = False) -> None:
-        """Load an adapter; pinned ones are never evicted from the GPU pool (SGLang's `pinned`)."""
-        loaded = await self._lora_call("/load_lora_adapter", {"lora_name": name, "lora_path": path, "pinned": pinned})
+        """Load an adapter; pinned ones are never evicted from the GPU pool (SGLang's `pinned`).
+
+        Idempotent: the same name already loaded from the same path (e.g. after a gateway restart) is a success."""
+        payload = {"lora_name": name, "lora_path": path, "pinned": pinned}
+        try:
+            loaded = await self._lora_call("/load_lora_adapter", payload)
+        except AdapterStateConflictError as err:
+            if _loaded_path(err.loaded.get(name)) == path:
+                return
+            raise
         if loaded is not None and name not in loaded:
             raise UpstreamError(f"SGLang reported success but does not list adapter '{name}' as loaded: {loaded}")
 
@@ -86,11 +94,12 @@ class SGLangEngine(SupervisedEngine):
         reply = parse_json(body, path)
         if not isinstance(reply, dict) or "success" not in reply:
             raise UpstreamError(f"SGLang answered {path} without a success field: {body[:200]!r}")
-        if not reply["success"] or status != 200:  # older SGLang releases said so with HTTP 200
-            raise _lora_error(name, str(reply.get("error_message") or "no reason given"))
         loaded = reply.get("loaded_adapters")
+        loaded = loaded if isinstance(loaded, dict) else None
+        if not reply["success"] or status != 200:  # older SGLang releases said so with HTTP 200
+            raise _lora_error(name, str(reply.get("error_message") or "no reason given"), loaded)
         log.info("SGLang %s %s: loaded adapters now %s", path, name, loaded)
-        return loaded if isinstance(loaded, dict) else None
+        return loaded
 
     # -- process -------------------------------------------------------------------------------------------------
     def command(self, port: int) -> list[str]:
@@ -110,7 +119,9 @@ class SGLangEngine(SupervisedEngine):
             "--mem-fraction-static", str(cfg.gpu_memory_utilization),
             "--enable-metrics",
         ]  # fmt: skip
-        if cfg.max_loaded_loras is not None:  # SGLang wants it >= --max-loras-per-batch
+        # SGLang evicts on its own beyond --max-loaded-loras; the gateway keeps at most max_loras loaded, and this
+        # stays above that, so the gateway's registry and the engine never disagree about what is loaded.
+        if cfg.max_loaded_loras is not None:
             argv += ["--max-loaded-loras", str(max(cfg.max_loaded_loras, cfg.max_loras + 1))]
         if cfg.max_model_len:
             argv += ["--context-length", str(cfg.max_model_len)]
@@ -125,8 +136,21 @@ class SGLangEngine(SupervisedEngine):
         return env
 
 
-def _lora_error(name: str, reason: str) -> ConflictError | InvalidRequestError:
+class AdapterStateConflictError(ConflictError):
+    """SGLang refused because of its adapter state (already loaded, not loaded); `loaded` is what it holds."""
+
+    def __init__(self, message: str, loaded: dict[str, object]) -> None:
+        super().__init__(message, param="lora_name")
+        self.loaded = loaded
+
+
+def _lora_error(name: str, reason: str, loaded: dict[str, object] | None) -> ConflictError | InvalidRequestError:
     """Already loaded / not loaded are conflicts with the engine's state; anything else is a bad adapter."""
     if any(word in reason.lower() for word in ("already", "not loaded", "does not exist", "not found")):
-        return ConflictError(f"SGLang could not change adapter '{name}': {reason}", param="lora_name")
+        return AdapterStateConflictError(f"SGLang could not change adapter '{name}': {reason}", loaded or {})
     return InvalidRequestError(f"SGLang rejected adapter '{name}': {reason}", param="lora_name", code="bad_adapter")
+
+
+def _loaded_path(entry: object) -> object:
+    """The path of one `loaded_adapters` entry: a path (0.5.23), or a LoRARef with `lora_path` (its type allows it)."""
+    return entry.get("lora_path") if isinstance(entry, dict) else entry

@@ -66,7 +66,8 @@ async def test_adapter_operations_say_this_upstream_has_no_runtime_adapters() ->
         with pytest.raises(AdaptersUnsupportedError, match="has no runtime adapters") as caught:
             await operation
         assert caught.value.status == 400
-        assert caught.value.body()["error"]["code"] == "adapters_unsupported"
+        assert caught.value.body()["error"]["code"] == "adapters_not_supported"
+        assert isinstance(caught.value, NotImplementedError)  # what the adapter manager maps to a 400
     with pytest.raises(AdaptersUnsupportedError, match="Cannot use adapter 'fr'"):
         engine.request_model_name("fr")
 

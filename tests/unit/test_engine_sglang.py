@@ -120,15 +120,28 @@ async def test_unload_posts_only_the_name(stub: StubEngineServer) -> None:
 
 async def test_success_false_with_http_200_is_a_failure(stub: StubEngineServer) -> None:
     reply = {"success": False, "error_message": "Failed to load LoRA adapter fr because it is already loaded",
-             "loaded_adapters": {"fr": "/adapters/fr"}}  # fmt: skip
+             "loaded_adapters": {"fr": "/adapters/old-fr"}}  # fmt: skip
     stub.reply("POST", "/load_lora_adapter", 200, reply)
     engine = await started(stub)
     try:
         with pytest.raises(ConflictError, match="already loaded") as caught:
-            await engine.load_adapter("fr", "/adapters/fr")
+            await engine.load_adapter("fr", "/adapters/fr")  # a different path than the loaded one
     finally:
         await engine.stop()
     assert caught.value.status == 409
+
+
+async def test_loading_what_is_already_loaded_from_the_same_path_succeeds(stub: StubEngineServer) -> None:
+    # e.g. the gateway restarted while SGLang kept its adapters: loaded_adapters maps each name to its path.
+    reply = {"success": False, "error_message": "Failed to load LoRA adapter fr because it is already loaded",
+             "loaded_adapters": {"fr": "/adapters/fr"}}  # fmt: skip
+    stub.reply("POST", "/load_lora_adapter", 400, reply)
+    engine = await started(stub)
+    try:
+        await engine.load_adapter("fr", "/adapters/fr")
+    finally:
+        await engine.stop()
+    assert len(stub.sent("POST", "/load_lora_adapter")) == 1
 
 
 async def test_http_400_reply_carries_sglang_error_message(stub: StubEngineServer) -> None:
