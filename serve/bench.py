@@ -1,0 +1,192 @@
+"""`vlmgate bench`: what the gateway costs, measured side by side against calling the engine directly.
+
+One run starts (or attaches to) a real vLLM engine, starts a gateway process in front of it, and drives the same
+streaming workload (vlmgate's own load generator) alternately at the engine and at the gateway, in ABBA order so
+that drift on a shared machine hits both sides alike. Per concurrency level it prints TTFT p50/p99 overhead (ms),
+the output-token throughput ratio (gateway / direct) and the gateway's CPU time per request (its process's
+user+system CPU, read from /proc, divided by the requests it served).
+
+Run as: vlmgate bench                                   (demo model, concurrency 1 and 32)
+        vlmgate bench --model DIR --concurrency 1 8 32 --num-requests 128 --json bench.json
+        vlmgate bench --engine-url http://127.0.0.1:8001 --model DIR   (an engine you started)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from vlmgate.loadtest.config import SLO, LoadTestConfig
+from vlmgate.loadtest.runner import run_load
+from vlmgate.loadtest.stats import summarize
+from vlmgate.serve.engines.process import free_port
+
+SERVED_NAME = "bench-model"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s")
+
+
+def start_engine(model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """A vLLM process launched exactly as `vlmgate serve` launches it."""
+    from vlmgate.serve.config import EngineConfig, LimitsConfig
+    from vlmgate.serve.engines.process import _die_with_parent
+    from vlmgate.serve.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(SERVED_NAME, model, EngineConfig(), LimitsConfig())
+    port = free_port()
+    proc = subprocess.Popen(engine.command(port), env=engine.environment(), stdout=log_path.open("w"),
+                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(f"{url}/v1/models", proc, 900)
+    return proc, url
+
+
+def start_gateway(model: str, engine_url: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "vlmgate", "serve", "--engine-url", engine_url, "--model", model,
+            "--name", SERVED_NAME, "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(f"{url}/ready", proc, 120)
+    return proc, url
+
+
+async def _measure(url: str, concurrency: int, args: argparse.Namespace) -> dict:
+    config = LoadTestConfig(
+        url=url, models=[{"name": SERVED_NAME}], concurrency=concurrency, num_requests=args.num_requests,
+        warmup_requests=2, max_tokens=args.max_tokens, ignore_eos=True, images_per_request=args.images,
+        prompt_words=args.prompt_words, scrape_metrics=False, seed=args.seed,
+    )  # fmt: skip
+    result = await run_load(config, progress=False)
+    summary = summarize(result.records, result.duration_s, SLO())
+    if summary["requests"]["failed"]:
+        raise RuntimeError(f"{url}: {summary['requests']['failed']} requests failed: {summary['requests']}")
+    return summary
+
+
+async def bench(args: argparse.Namespace, engine_url: str, gateway_url: str, gateway_pid: int) -> list[dict]:
+    rows = []
+    for concurrency in args.concurrency:
+        runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
+        cpu_s, served = 0.0, 0
+        for target in ("direct", "gateway", "gateway", "direct")[: 2 * args.rounds]:
+            url = engine_url if target == "direct" else gateway_url
+            before = _cpu_seconds(gateway_pid)
+            summary = await _measure(url, concurrency, args)
+            if target == "gateway":
+                cpu_s += _cpu_seconds(gateway_pid) - before
+                served += summary["requests"]["total"] + 2  # + warm-up requests
+            runs[target].append(summary)
+        rows.append(_row(concurrency, runs, cpu_s, served))
+        print(format_rows(rows[-1:], header=len(rows) == 1), flush=True)
+    return rows
+
+
+def _mean(runs: list[dict], *path: str) -> float:
+    values = []
+    for run in runs:
+        value = run
+        for key in path:
+            value = value[key]
+        values.append(value)
+    return sum(values) / len(values)
+
+
+def _row(concurrency: int, runs: dict[str, list[dict]], cpu_s: float, served: int) -> dict:
+    d, g = runs["direct"], runs["gateway"]
+    ttft = {f"{side}_{q}": _mean(r, "latency", "ttft_ms", q) for side, r in (("direct", d), ("gateway", g))
+            for q in ("p50", "p99")}  # fmt: skip
+    tput_d, tput_g = _mean(d, "throughput", "output_tokens_per_s"), _mean(g, "throughput", "output_tokens_per_s")
+    return {
+        "concurrency": concurrency,
+        **{f"ttft_{k}_ms": v for k, v in ttft.items()},
+        "ttft_p50_overhead_ms": ttft["gateway_p50"] - ttft["direct_p50"],
+        "ttft_p99_overhead_ms": ttft["gateway_p99"] - ttft["direct_p99"],
+        "tpot_p50_direct_ms": _mean(d, "latency", "tpot_ms", "p50"),
+        "tpot_p50_gateway_ms": _mean(g, "latency", "tpot_ms", "p50"),
+        "output_tokens_per_s_direct": tput_d,
+        "output_tokens_per_s_gateway": tput_g,
+        "throughput_ratio": tput_g / tput_d,
+        "gateway_cpu_ms_per_request": 1000 * cpu_s / max(served, 1),
+    }
+
+
+def format_rows(rows: list[dict], header: bool = True) -> str:
+    cols = [("conc", "concurrency", "{:>4}"), ("TTFT p50 direct", "ttft_direct_p50_ms", "{:>15.1f}"),
+            ("gateway", "ttft_gateway_p50_ms", "{:>8.1f}"), ("+ms", "ttft_p50_overhead_ms", "{:>6.1f}"),
+            ("TTFT p99 direct", "ttft_direct_p99_ms", "{:>15.1f}"), ("gateway", "ttft_gateway_p99_ms", "{:>8.1f}"),
+            ("+ms", "ttft_p99_overhead_ms", "{:>6.1f}"), ("tok/s direct", "output_tokens_per_s_direct", "{:>12.0f}"),
+            ("gateway", "output_tokens_per_s_gateway", "{:>8.0f}"), ("ratio", "throughput_ratio", "{:>6.3f}"),
+            ("gw CPU ms/req", "gateway_cpu_ms_per_request", "{:>13.2f}")]  # fmt: skip
+    lines = ["  ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in cols)] if header else []
+    lines += ["  ".join(fmt.format(row[key]) for _, key, fmt in cols) for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0] + ".",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))  # fmt: skip
+    parser.add_argument("--model", help="model directory (default: the demo model)")
+    parser.add_argument("--engine-url", help="use this running vLLM instead of starting one (it must serve --model)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="levels to measure (default 1 32)")
+    parser.add_argument("--num-requests", type=int, default=64, help="measured requests per run (default 64)")
+    parser.add_argument("--rounds", type=int, choices=[1, 2], default=2, help="1: AB, 2: ABBA (default)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (default 64)")
+    parser.add_argument("--prompt-words", type=int, default=32, help="synthetic prompt length (default 32)")
+    parser.add_argument("--images", type=int, default=1, help="images per request (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--logs", metavar="DIR", default="/tmp/vlmgate-bench", help="engine and gateway logs")
+    args = parser.parse_args(argv)
+    from vlmgate.serve.cli import default_model_path
+
+    model = args.model or default_model_path()
+    logs = Path(args.logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    engine_proc = None
+    if args.engine_url:
+        engine_url = args.engine_url.rstrip("/")
+    else:
+        print(f"starting vLLM on {model} (logs: {logs}/engine.log) ...", flush=True)
+        engine_proc, engine_url = start_engine(model, logs / "engine.log")
+    gateway_proc, gateway_url = start_gateway(model, engine_url, logs / "gateway.log")
+    order = "ABBA" if args.rounds == 2 else "AB"
+    print(f"engine {engine_url}, gateway {gateway_url}; {args.num_requests} streaming requests x {args.max_tokens} "
+          f"tokens per run, {args.images} image(s) each, {order} order", flush=True)  # fmt: skip
+    try:
+        rows = asyncio.run(bench(args, engine_url, gateway_url, gateway_proc.pid))
+    finally:
+        gateway_proc.terminate()
+        gateway_proc.wait(30)
+        if engine_proc is not None:
+            os.killpg(engine_proc.pid, 15)
+            engine_proc.wait(60)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": model, "rows": rows}, indent=2))
+    return 0

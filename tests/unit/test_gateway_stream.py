@@ -1,0 +1,152 @@
+"""The gateway's relay against a STUB upstream (an aiohttp app that speaks the OpenAI streaming protocol), so that
+the mechanics are shown without an engine: usage events kept or dropped as the client asked, engine errors mapped,
+an unreachable engine is a 503, and a client that hangs up makes the gateway close the upstream connection.
+The same behaviours are checked on the real engine in tests/e2e/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+import uvicorn
+from aiohttp import web
+
+from vlmgate.serve.app import create_app
+from vlmgate.serve.config import load_config
+from vlmgate.serve.engines.process import free_port
+
+TOKENS = 40
+
+
+class StubUpstream:
+    def __init__(self) -> None:
+        self.sent_tokens: list[int] = []  # tokens written per streaming request
+        self.fail_status: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "stub"}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if self.fail_status:
+            return web.json_response({"object": "error", "message": "stub says no", "type": "BadRequestError"},
+                                     status=self.fail_status)  # fmt: skip
+        if not body.get("stream"):
+            return web.json_response({"choices": [{"message": {"content": "hi"}}],
+                                      "usage": {"prompt_tokens": 3, "completion_tokens": 1}})  # fmt: skip
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        sent = 0
+        self.sent_tokens.append(0)
+        try:
+            for i in range(TOKENS):
+                chunk = {"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                sent += 1
+                self.sent_tokens[-1] = sent
+                await asyncio.sleep(0.02)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": TOKENS}}
+                await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+
+@pytest.fixture
+async def stack():
+    stub = StubUpstream()
+    runner = web.AppRunner(stub.app())
+    await runner.setup()
+    stub_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", stub_port).start()
+    config = load_config(
+        overrides={"models": [{"path": "/stub", "name": "stub", "engine": {"url": f"http://127.0.0.1:{stub_port}"}}],
+                   "adapters.store_dir": "/tmp/vlmgate-unit-store"},
+        environ={},
+    )  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(config), port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    yield stub, f"http://127.0.0.1:{port}", runner
+    server.should_exit = True
+    await task
+    await runner.cleanup()
+
+
+def _body(stream: bool, **extra: object) -> dict:
+    return {"model": "stub", "messages": [{"role": "user", "content": "hi"}], "stream": stream, **extra}
+
+
+async def _events(client: httpx.AsyncClient, url: str, body: dict) -> list[str]:
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        return [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+
+
+async def test_usage_event_only_when_the_client_asked(stack) -> None:
+    _, url, _ = stack
+    async with httpx.AsyncClient(timeout=30) as client:
+        plain = await _events(client, url, _body(True))
+        with_usage = await _events(client, url, _body(True, stream_options={"include_usage": True}))
+    assert plain[-1] == "[DONE]"
+    assert len(plain) == TOKENS + 1
+    assert all("usage" not in e for e in plain)
+    assert json.loads(with_usage[-2])["usage"]["completion_tokens"] == TOKENS
+
+
+async def test_client_disconnect_closes_the_upstream(stack) -> None:
+    stub, url, _ = stack
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=_body(True)) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    break
+        await asyncio.sleep(0.5)  # the stub would have written ~25 more tokens by now had nobody stopped it
+    await asyncio.sleep(TOKENS * 0.02)
+    assert stub.sent_tokens[-1] < TOKENS // 2
+
+
+async def test_engine_errors_keep_their_4xx_in_openai_shape(stack) -> None:
+    stub, url, _ = stack
+    stub.fail_status = 400
+    async with httpx.AsyncClient(timeout=30) as client:
+        reply = await client.post(f"{url}/v1/chat/completions", json=_body(False))
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {"message": "stub says no", "type": "invalid_request_error", "param": None,
+                                     "code": None}  # fmt: skip
+
+
+async def test_engine_5xx_becomes_502(stack) -> None:
+    stub, url, _ = stack
+    stub.fail_status = 500
+    async with httpx.AsyncClient(timeout=30) as client:
+        reply = await client.post(f"{url}/v1/chat/completions", json=_body(True))
+    assert reply.status_code == 502
+    assert reply.json()["error"]["type"] == "upstream_error"
+
+
+async def test_unreachable_engine_is_a_retryable_503(stack) -> None:
+    _, url, stub_runner = stack
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await client.post(f"{url}/v1/chat/completions", json=_body(False))).status_code == 200
+        await stub_runner.cleanup()  # the upstream goes away
+        reply = await client.post(f"{url}/v1/chat/completions", json=_body(False))
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "engine_unavailable"
+    assert "retry-after" in reply.headers
