@@ -10,11 +10,11 @@ exactly --output-len output tokens (ignore_eos). vLLM's side is
 from Python with its random dataset and the openai-chat backend.
 
 A shared, noisy machine moves latencies by 2-3x within minutes, so by default (--mode concurrent) both tools
-load the server AT THE SAME TIME and only our requests that started and finished inside vLLM's measured window
-count: any drift hits both alike. --mode alternate runs them one after the other instead, swapping the order
-every round. Per-request values are pooled over --rounds; the medians are compared, TPOT computed per request
-by both as (E2E - TTFT) / (output tokens - 1). Exit 0 when TTFT and TPOT medians agree within --tolerance
-(relative to vLLM's), else 1.
+load the server AT THE SAME TIME, and only our requests sent while vLLM's benchmark was sending (and finished
+before its last reply) count: any drift hits both alike. --mode alternate runs them one after the other
+instead, swapping the order every round. Per-request values are pooled over --rounds and their medians
+compared, TPOT computed per request by both as (E2E - TTFT) / (output tokens - 1). Exit 0 when TTFT and TPOT
+medians agree within --tolerance (relative to vLLM's), else 1.
 """
 
 from __future__ import annotations
@@ -135,8 +135,9 @@ async def run_round(
             else:
                 rows[tool] = _our_rows(await run_load(_our_config(args, model, prompts, seed), progress=False))
         return rows
-    # Concurrent: our closed loop runs until vLLM's finishes; only our requests that started and ended inside
-    # vLLM's measured window count, so both saw the same server at the same moments.
+    # Concurrent: our closed loop runs until vLLM's finishes. Ours count when sent between vLLM's first and last
+    # send (both tools dispatching: the same load) and done by vLLM's last reply. Selecting on the start, not on
+    # "ended inside the window", avoids favouring short requests, which are the likelier to fit.
     stop = asyncio.Event()
     ours = asyncio.create_task(run_load(_our_config(args, model, prompts, seed, num_requests=None, duration_s=3600.0),
                                         progress=False, stop=stop))  # fmt: skip
@@ -144,8 +145,9 @@ async def run_round(
         vllm_rows = await run_vllm_bench(args, model, tokenizer, seed)
     finally:
         stop.set()
-    window = (min(r["start"] for r in vllm_rows), max(r["end"] for r in vllm_rows))
-    our_rows = [r for r in _our_rows(await ours) if window[0] <= r["start"] and r["end"] <= window[1]]
+    first_send, last_send = min(r["start"] for r in vllm_rows), max(r["start"] for r in vllm_rows)
+    last_reply = max(r["end"] for r in vllm_rows)
+    our_rows = [r for r in _our_rows(await ours) if first_send <= r["start"] <= last_send and r["end"] <= last_reply]
     return {"vllm": vllm_rows, "vlmgate": our_rows}
 
 
