@@ -79,6 +79,12 @@ class EngineConfig(_Strict):
     startup_timeout_s: float = Field(600.0, gt=0, description="How long to wait for the engine to become ready.")
     restart_on_failure: bool = Field(True, description="Restart a launched engine that dies, with backoff.")
     max_restart_backoff_s: float = Field(30.0, gt=0, description="Longest pause between two restart attempts.")
+    health_check_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often an attached engine is checked; one that stops answering is marked not "
+        "ready, and when it answers again its adapters are reloaded (it may have restarted without them).",
+    )
     request_timeout_s: float = Field(600.0, gt=0, description="Longest time one request may take at the engine.")
 
     @field_validator("url")

@@ -2,8 +2,9 @@
 
 `SupervisedEngine` either launches the engine as a supervised child process (`command()` + `environment()`,
 readiness polled on `ready_paths`, restarted with exponential backoff when it dies, ready callbacks run again so
-that live adapters are reloaded) or attaches to a server already running at `config.url`. A subclass says how to
-start its engine and what it can do; start/stop, readiness and the admin POST live here once.
+that live adapters are reloaded) or attaches to a server already running at `config.url`, whose health it then
+follows (not ready while it does not answer; ready callbacks re-run when it answers again). A subclass says how
+to start its engine and what it can do; start/stop, readiness and the admin requests live here once.
 
 Not run directly: `create_engine()` (serve/engines/__init__.py) builds the engine a model's config asks for.
 """
@@ -67,6 +68,7 @@ class SupervisedEngine(Engine):
             await self._wait_until_ready(process=None)
             await self.after_ready()
             await self._set_ready(True)
+            self._supervisor = asyncio.create_task(self._watch_attached(), name=f"watch-{self.model_name}")
             return
         await self._launch()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.model_name}")
@@ -133,6 +135,26 @@ class SupervisedEngine(Engine):
                 if time.monotonic() - healthy_since > 60:
                     backoff_s = 1.0
                 break
+
+    async def _watch_attached(self) -> None:
+        """Follow an attached engine's health: not ready while it does not answer, ready again (and the ready
+        callbacks re-run, reloading adapters an engine restart lost) once it does."""
+        failures = 0
+        while not self._stopping:
+            await asyncio.sleep(self.config.health_check_interval_s)
+            if await self._probe():
+                failures = 0
+                if not self.status.ready:
+                    log.warning("attached engine %s at %s answers again", self.model_name, self.base_url)
+                    self.status.restarts += 1
+                    await self._set_ready(True)
+                continue
+            failures += 1
+            # Two misses in a row: one slow answer under load is not an outage.
+            if failures == 2 and self.status.ready:
+                self.status.last_error = f"attached engine at {self.base_url} stopped answering"
+                log.error("%s (%s)", self.status.last_error, self.model_name)
+                await self._set_ready(False)
 
     async def _wait_until_ready(self, process: SupervisedProcess | None) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s

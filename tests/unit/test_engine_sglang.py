@@ -6,8 +6,9 @@ Run as: python -m pytest tests/unit/test_engine_sglang.py -q
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -207,3 +208,35 @@ async def test_attach_times_out_with_a_hint_when_health_never_answers(stub: Stub
     finally:
         await engine.stop()
     assert not engine.ready
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for a condition the engine's background health check brings about (bounded, so a bug fails)."""
+    for _ in range(400):
+        if condition():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("condition never became true")
+
+
+async def test_attached_engine_that_stops_answering_is_not_ready_and_reloads_adapters_when_back(
+    stub: StubEngineServer,
+) -> None:
+    engine = engine_for(stub.url, health_check_interval_s=0.05)
+    ready_runs: list[bool] = []
+
+    async def reload_adapters(_: object) -> None:  # what the adapter registry does on every (re)ready
+        ready_runs.append(True)
+
+    engine.on_ready(reload_adapters)
+    await engine.start()
+    try:
+        stub.reply("GET", "/health", 503, {})
+        await until(lambda: not engine.ready)
+        assert "stopped answering" in str(engine.describe()["last_error"])
+        stub.reply("GET", "/health", 200, {})
+        await until(lambda: engine.ready)
+    finally:
+        await engine.stop()
+    assert len(ready_runs) == 2  # at start, and again when the engine came back
+    assert engine.status.restarts == 1
