@@ -6,10 +6,10 @@ loop (bisect + increment, no lock, about a microsecond per observation) and turn
 when /metrics is scraped; prometheus-client's own Histogram costs several microseconds per observation, which
 adds up over one inter-token gap per generated token.
 
-The adapter registry reports through two calls (labels stay bounded, see `AdapterLabels`):
+Adapter figures come from the adapter manager (wired by observability.install, nothing to call by hand):
 
-    metrics.adapter_load("vlmgate-demo", "success")   # result: success | failure | rejected
-    metrics.set_live_adapters("vlmgate-demo", 3)
+    metrics.adapter_load("ok")                                  # its on_load hook; result: ok | error
+    metrics.live_adapters_source = lambda: {"vlmgate-demo": 3}  # read when /metrics is scraped
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from vlmgate.serve.lifecycle import RequestTrace
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER_ADAPTER = "other"
-ADAPTER_LOAD_RESULTS = ("success", "failure", "rejected")
+ADAPTER_LOAD_RESULTS = ("ok", "error")
 
 # Bucket upper bounds (seconds). Each default SLO target is a bound (TTFT 0.5, TPOT 0.033, image 0.2), so that
 # "share of requests under the target" is exact in PromQL, with finer steps below the target than above it.
@@ -118,8 +118,8 @@ class GatewayMetrics:
         self.labels = AdapterLabels(max_adapter_labels)
         self.series: dict[tuple[str, str], Series] = {}
         self.unresolved: dict[str, int] = {}  # status -> requests refused before a model was known
-        self.adapter_loads: dict[tuple[str, str], int] = {}
-        self.live_adapters: dict[str, int] = {}
+        self.adapter_loads: dict[str, int] = {}  # result -> count
+        self.live_adapters_source: Callable[[], dict[str, int]] = dict  # model -> live adapters, read at scrape
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, str, Callable[[], dict[str, int]]]] = {}
         self.process = CollectorRegistry(auto_describe=False)
@@ -166,17 +166,12 @@ class GatewayMetrics:
             series.slo_missed += 1
 
     # -- called by the adapter registry ------------------------------------------------------------------------
-    def adapter_load(self, model: str, result: str) -> None:
-        """Count one adapter load attempt on `model`'s engine: success, failure (engine said no) or rejected
-        (the gateway's own validation refused it before the engine saw it)."""
+    def adapter_load(self, result: str) -> None:
+        """Count one attempt to load an adapter onto an engine: ok, or error (the engine refused, failed or went
+        away). Signature of AdapterManager's `on_load` hook."""
         if result not in ADAPTER_LOAD_RESULTS:
             raise ValueError(f"adapter load result must be one of {ADAPTER_LOAD_RESULTS}, not {result!r}")
-        key = (model, result)
-        self.adapter_loads[key] = self.adapter_loads.get(key, 0) + 1
-
-    def set_live_adapters(self, model: str, count: int) -> None:
-        """How many adapters of `model` are live (loaded and serving) right now."""
-        self.live_adapters[model] = count
+        self.adapter_loads[result] = self.adapter_loads.get(result, 0) + 1
 
     # -- other sources read at scrape time --------------------------------------------------------------------
     def gauge_function(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -225,7 +220,7 @@ def _render(m: GatewayMetrics) -> Iterator[str]:
             for (mo, ad), se in items for r, n in (("met", se.slo_met), ("missed", se.slo_missed))
         ]),
         ("vlmgate_adapter_loads_total", "Adapter load attempts.",
-         [(_labels(model=mo, result=r), n) for (mo, r), n in sorted(m.adapter_loads.items())]),
+         [(_labels(result=r), n) for r, n in sorted(m.adapter_loads.items())]),
     ]  # fmt: skip
     for name, (help_text, label, read) in m.counters.items():
         counters.append((f"{name}_total", help_text, [(_labels(**{label: v}), n) for v, n in sorted(read().items())]))
@@ -236,7 +231,7 @@ def _render(m: GatewayMetrics) -> Iterator[str]:
         ("vlmgate_slo_objective", "Configured share of requests that must meet every target.",
          [(_labels(model=mo, adapter=ad), se.objective) for (mo, ad), se in items]),
         ("vlmgate_live_adapters", "Adapters loaded and serving.",
-         [(_labels(model=mo), n) for mo, n in sorted(m.live_adapters.items())]),
+         [(_labels(model=mo), n) for mo, n in sorted(m.live_adapters_source().items())]),
     ]  # fmt: skip
     gauges += [(name, help_text, [("", read())]) for name, (help_text, read) in m.gauges.items()]
     for name, help_text, samples in gauges:

@@ -65,6 +65,14 @@ def register_admission_metrics(metrics: GatewayMetrics, admission: Callable[[], 
     )
 
 
+def live_adapters(gateway: Gateway) -> dict[str, int]:
+    """Live adapters per base model, from the registry (the one source of truth: no update path can be missed)."""
+    counts = dict.fromkeys(gateway.engines, 0)
+    for record in gateway.adapters.registry.list("live"):
+        counts[record.base_model] = counts.get(record.base_model, 0) + 1
+    return counts
+
+
 def install(app: FastAPI, gateway: Gateway) -> None:
     """Attach the request monitor to gateway.observers and mount /metrics and /v1/slo."""
     config = gateway.config
@@ -79,6 +87,10 @@ def install(app: FastAPI, gateway: Gateway) -> None:
     gateway.observers.add(RequestMonitor(metrics, tracker))
 
     register_admission_metrics(metrics, lambda: gateway.admission)
+    adapters = getattr(gateway, "adapters", None)
+    if adapters is not None:
+        adapters.on_load = metrics.adapter_load  # the adapter manager's metrics hook (result ok | error)
+        metrics.live_adapters_source = lambda: live_adapters(gateway)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics (definitions: deploy/METRICS.md).")
     async def prometheus_metrics() -> Response:

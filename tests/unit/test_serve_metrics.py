@@ -51,16 +51,17 @@ def test_adapter_labels_are_capped_per_model_and_the_rest_share_other() -> None:
 
 def test_registry_hooks_appear_in_the_exposition_and_reject_unknown_results() -> None:
     metrics = GatewayMetrics()
-    metrics.adapter_load("m", "success")
-    metrics.adapter_load("m", "success")
-    metrics.adapter_load("m", "failure")
-    metrics.set_live_adapters("m", 3)
+    metrics.adapter_load("ok")
+    metrics.adapter_load("ok")
+    metrics.adapter_load("error")
+    metrics.live_adapters_source = lambda: {"m": 3, "n": 0}
     got = samples(metrics)
-    assert got[("vlmgate_adapter_loads_total", frozenset({("model", "m"), ("result", "success")}))] == 2
-    assert got[("vlmgate_adapter_loads_total", frozenset({("model", "m"), ("result", "failure")}))] == 1
+    assert got[("vlmgate_adapter_loads_total", frozenset({("result", "ok")}))] == 2
+    assert got[("vlmgate_adapter_loads_total", frozenset({("result", "error")}))] == 1
     assert got[("vlmgate_live_adapters", frozenset({("model", "m")}))] == 3
-    with pytest.raises(ValueError, match="success"):
-        metrics.adapter_load("m", "ok")
+    assert got[("vlmgate_live_adapters", frozenset({("model", "n")}))] == 0
+    with pytest.raises(ValueError, match="ok"):
+        metrics.adapter_load("success")
 
 
 def test_exposition_parses_with_escaped_labels_and_process_metrics() -> None:
@@ -82,8 +83,8 @@ def test_every_exported_metric_is_defined_in_metrics_md() -> None:
         trace.token(t)
     trace.prompt_tokens, trace.completion_tokens, trace.end = 10, 3, 0.15
     monitor.on_request_end(trace)
-    monitor.metrics.adapter_load("m", "success")
-    monitor.metrics.set_live_adapters("m", 1)
+    monitor.metrics.adapter_load("ok")
+    monitor.metrics.live_adapters_source = lambda: {"m": 1}
     register_admission_metrics(monitor.metrics, Admission)
     documented = set(re.findall(r"`(vlmgate_[a-z0-9_]+)`", METRICS_DOC.read_text()))
     text = monitor.metrics.exposition().decode()
