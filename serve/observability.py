@@ -5,6 +5,8 @@ observability route. It mounts
 - `GET /metrics`: Prometheus text (serve/metrics.py; every metric defined in deploy/METRICS.md);
 - `GET /v1/slo[?model=M&adapter=A]`: rolling SLO attainment, burn rate and percentiles (serve/slo.py);
 and attaches `RequestMonitor`, which turns each finished request into metrics and an SLO verdict, once.
+
+Try: curl -s 127.0.0.1:8000/metrics | grep '^vlmgate_'   and   curl -s 127.0.0.1:8000/v1/slo | python -m json.tool
 """
 
 from __future__ import annotations
