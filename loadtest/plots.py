@@ -1,19 +1,19 @@
 """PNG plots of a load-test report: latency CDFs of one run, latency and attainment vs load of a sweep.
 
-Called by report.write_report; matplotlib is imported here only, with the non-interactive Agg backend.
+Called by report.write_report; matplotlib (optional) is imported here only, with the non-interactive Agg backend.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 
 from vlmgate import __version__
@@ -222,13 +223,16 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, directory: Path) -> list[Path]:
-    """report.json, report.md and the plots; returns the files written."""
-    from vlmgate.loadtest.plots import plot_latency_cdfs, plot_latency_vs_load
-
+    """report.json, report.md and the plots (skipped, with a note, when matplotlib is not installed)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = [directory / "report.json", directory / "report.md"]
     written[0].write_text(json.dumps(report, indent=1) + "\n")
     written[1].write_text(markdown(report))
+    try:
+        from vlmgate.loadtest.plots import plot_latency_cdfs, plot_latency_vs_load
+    except ImportError:  # plotting is optional: the numbers are all in report.json
+        print("note: matplotlib is not installed, so no PNG plots (pip install matplotlib)", file=sys.stderr)
+        return written
     written.append(plot_latency_cdfs(report["requests"], directory / "latency_cdf.png"))
     if report["sweep"]:
         written.append(plot_latency_vs_load(report["sweep"], directory / "latency_vs_load.png"))
