@@ -73,14 +73,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step (default: 8)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank, alpha = 2 x rank (default: 16)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a busy box)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not (args.model / "config.json").is_file():
         parser.error(f"{args.model} is not a model directory; build one with `vlmgate demo build-tiny DIR`")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or synthetic_data(Path(tmp))
         rows = [measure(m, args.model, data, args.steps, args.warmup, args.batch_size, args.rank)
                 for m in ("qlora", "lora")]  # fmt: skip
-    print(f"\nmodel {args.model.name}, batch {args.batch_size}, rank {args.rank}, {args.steps} timed steps each")
+    import torch
+
+    print(f"\nmodel {args.model.name}, batch {args.batch_size}, rank {args.rank}, {args.steps} timed steps each, "
+          f"{torch.get_num_threads()} torch thread(s)")  # fmt: skip
     print("| method | examples/s | s/step | peak RSS (MiB, process) |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['examples_per_s']:.2f} | {r['s_per_step']:.3f} | {r['max_rss_mib']:.0f} |")

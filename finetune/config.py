@@ -71,6 +71,9 @@ class FinetuneConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     max_length: int = Field(2048, ge=16, description="max tokens per example (image tokens included)")
     seed: int = Field(0, description="seed for data order, LoRA init and dropout: same seed, same adapter")
+    num_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (default: torch's choice); 1 can be faster on a busy machine"
+    )
 
     # bookkeeping
     eval_every_steps: int = Field(50, ge=0, description="held-out loss every N steps (0: only at the end)")

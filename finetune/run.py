@@ -42,6 +42,10 @@ def run_training(
     from vlmgate.finetune.report import plot_loss
     from vlmgate.finetune.train import Trainer, load_datasets, seed_everything
 
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
     run_dir = Path(cfg.output_dir)
     processor = load_processor(cfg.base_model)
     data = load_datasets(cfg, processor)
