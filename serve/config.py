@@ -79,6 +79,9 @@ class EngineConfig(_Strict):
     startup_timeout_s: float = Field(600.0, gt=0, description="How long to wait for the engine to become ready.")
     restart_on_failure: bool = Field(True, description="Restart a launched engine that dies, with backoff.")
     max_restart_backoff_s: float = Field(30.0, gt=0, description="Longest pause between two restart attempts.")
+    python: str | None = Field(
+        None, description="Python that launches the engine, e.g. an SGLang environment's bin/python (default: ours)."
+    )
     health_check_interval_s: float = Field(
         5.0,
         gt=0,

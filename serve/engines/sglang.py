@@ -11,8 +11,9 @@ openai/serving_base.py, observability/metrics_collector.py):
 - metrics (`--enable-metrics`) are named `sglang:*` (`SGLANG_METRIC_NAMES` maps the gateway's names to them);
 - the base model takes one slot of the adapter pool (`--max-loras-per-batch` counts base-only requests).
 
-SGLang has no CPU build on PyPI, so this engine runs on GPU hosts only: install it in its own environment
-(`pip install "sglang[all]==0.5.23"`) or attach to an SGLang server (`engine: {kind: sglang, url: ...}`).
+SGLang has no CPU build on PyPI, so this engine runs on GPU hosts only. Its torch pin differs from vLLM's, so give
+it an environment of its own (`python -m venv /opt/sglang && /opt/sglang/bin/pip install "sglang[all]==0.5.23"`)
+and point `engine.python` at that interpreter, or attach to an SGLang server (`engine: {kind: sglang, url: ...}`).
 Example: deploy/examples/sglang.yaml.
 """
 
@@ -105,7 +106,7 @@ class SGLangEngine(SupervisedEngine):
     def command(self, port: int) -> list[str]:
         cfg = self.config
         argv = [
-            sys.executable, "-m", "sglang.launch_server",
+            cfg.python or sys.executable, "-m", "sglang.launch_server",
             "--model-path", self.model_path,
             "--served-model-name", self.model_name,
             "--host", self._host,

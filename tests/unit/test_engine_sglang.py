@@ -70,6 +70,11 @@ def test_launch_command_enables_lora_metrics_and_reserves_a_pool_slot_for_the_ba
     assert argv[-2:] == ["--tp", "2"]
 
 
+def test_launch_uses_the_configured_python_so_sglang_can_live_in_its_own_environment() -> None:
+    assert engine_for(python="/opt/sglang/bin/python").command(30001)[:3] == [
+        "/opt/sglang/bin/python", "-m", "sglang.launch_server"]  # fmt: skip
+
+
 def test_config_rejects_fewer_loaded_adapters_than_slots() -> None:
     data = {"models": [{"path": "m", "engine": {"kind": "sglang", "max_loras": 4, "max_loaded_loras": 2}}]}
     with pytest.raises(ConfigError, match="max_loaded_loras"):
