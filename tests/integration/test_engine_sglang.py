@@ -1,18 +1,23 @@
 """SGLangEngine against a real SGLang on the tiny model: launch, readiness, runtime adapter load/unload, and the
 `"model": "<base>:<adapter>"` selection (while a bare adapter name silently serves the base model).
 
-Runs on GPU hosts with SGLang installed (`pip install "sglang[all]==0.5.23"`); skipped elsewhere, since SGLang
-has no CPU build on PyPI. Run as: python -m pytest tests/integration/test_engine_sglang.py -q
+Runs on GPU hosts with SGLang installed (`pip install "sglang[all]==0.5.23"`, here or in an environment named by
+VLMGATE_TEST_SGLANG_PYTHON); skipped elsewhere, since SGLang has no CPU build on PyPI.
+Run as: python -m pytest tests/integration/test_engine_sglang.py -q
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 
-pytest.importorskip("sglang", reason="SGLang has no CPU build on PyPI; runs on GPU hosts")
+# SGLang in this Python, or in its own environment named by VLMGATE_TEST_SGLANG_PYTHON (e.g. /opt/sglang/bin/python).
+SGLANG_PYTHON = os.environ.get("VLMGATE_TEST_SGLANG_PYTHON") or None
+if SGLANG_PYTHON is None:
+    pytest.importorskip("sglang", reason="SGLang has no CPU build on PyPI; runs on GPU hosts")
 
 from vlmgate.serve.config import EngineConfig, LimitsConfig  # noqa: E402 (after the skip)
 from vlmgate.serve.engines.sglang import SGLangEngine  # noqa: E402
@@ -38,7 +43,7 @@ async def test_sglang_loads_adapters_at_runtime_and_selects_them_by_base_colon_a
 ) -> None:
     adapter_dir = random_adapter(tiny_model_dir, tmp_path / "adapter")
     config = EngineConfig(kind="sglang", max_lora_rank=8, max_loras=2, max_model_len=2048, startup_timeout_s=900,
-                          gpu_memory_utilization=0.5)  # fmt: skip
+                          gpu_memory_utilization=0.5, python=SGLANG_PYTHON)  # fmt: skip
     engine = SGLangEngine("tiny", str(tiny_model_dir), config, LimitsConfig())
     await engine.start()
     try:
