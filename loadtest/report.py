@@ -75,9 +75,13 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def latency_rows(summary: dict, server: dict | None) -> list[list[str]]:
-    """One row per quantity: client mean/p50/p90/p95/p99, then each server family's mean/p50/p99."""
+    """One row per quantity: client mean/p50/p90/p95/p99, then each server family's mean/p50/p99.
+
+    Server-only quantities (queue time, image preprocessing) get rows of their own when a server reports them.
+    """
     rows = []
-    for quantity in QUANTITIES:
+    server_only = [q for q in ("queue_ms", "image_preprocess_ms") if any(q in f for f in (server or {}).values())]
+    for quantity in (*QUANTITIES, *server_only):
         stats = summary["latency"].get(quantity) or {}
         row = [LABELS[quantity] + " ms"] + [_fmt(stats.get(k)) for k in ("mean", "p50", "p90", "p95", "p99")]
         for figures in (server or {}).values():

@@ -116,3 +116,15 @@ def test_gateway_figures_are_split_per_adapter_and_shown_beside_the_clients():
     table = console_table(build_report(config, records, summarize(records, 1.0, SLO()), server))
     assert "gateway TTFT p50~" in table
     assert "vlmgate p50~" in table
+    assert "queue ms" not in table  # no server reported a queue time
+
+
+def test_server_only_quantities_get_their_own_rows():
+    from vlmgate.loadtest.report import latency_rows
+
+    text = AFTER.replace("time_to_first_token", "request_queue_time")
+    server = server_side(parse_prometheus(BEFORE), parse_prometheus(text))
+    rows = latency_rows(summarize([_record(0, 0.1, 0.2, 3)], 1.0, SLO()), server)
+    queue = next(row for row in rows if row[0] == "queue ms")
+    assert queue[1:6] == ["-"] * 5  # the client cannot see queueing
+    assert float(queue[6]) == pytest.approx(2300 / 12, abs=0.05)  # mean: 2.3 s over 12 requests, shown to 0.1 ms
