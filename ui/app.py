@@ -121,8 +121,8 @@ def build_app(
                     live = gr.Checkbox(label=f"Refresh every {SLO_REFRESH_S:g} s", value=True, elem_id="slo-live")
                     refresh_slo = gr.Button("↻ Refresh now", elem_id="slo-refresh")
                 slo_status = gr.Markdown(elem_id="slo-status")
-                latency_plot = gr.Plot(label="Latency percentiles per model / adapter", elem_id="slo-latency")
-                attainment_plot = gr.Plot(label="Attainment and burn rate", elem_id="slo-attainment")
+                latency_plot = gr.Plot(label="Latency percentiles", show_label=False, elem_id="slo-latency")
+                attainment_plot = gr.Plot(label="Attainment and burn rate", show_label=False, elem_id="slo-attainment")
                 slo_table = gr.Dataframe(headers=TABLE_HEADERS, value=[], interactive=False, elem_id="slo-table")
                 timer = gr.Timer(SLO_REFRESH_S, active=False)
 

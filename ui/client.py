@@ -89,6 +89,10 @@ class GatewayError(Exception):
 
     def readable(self) -> str:
         """One paragraph for a person: what happened, and what to do about it where we can tell."""
+        return f"{self.title}: {self.explanation()}"
+
+    def explanation(self) -> str:
+        """The gateway's message, then a hint at the fix where the status tells one."""
         hint = {
             401: "Set the API key (Connection settings, or `vlmgate ui --api-key`).",
             403: "This key may not do that; admin actions need the admin key.",
@@ -99,7 +103,7 @@ class GatewayError(Exception):
         }.get(self.status or 0, "")
         if self.status == 429 and self.retry_after_s is not None:
             hint = f"The gateway is overloaded; retry after {self.retry_after_s:g} s."
-        return " ".join(part for part in (f"{self.title}: {self.message.strip()}", hint) if part)
+        return " ".join(part for part in (self.message.strip(), hint) if part)
 
 
 def error_from_response(

@@ -152,7 +152,7 @@ class Handlers:
                 gr.Warning(item.readable())
                 notes[side] = f"⚠ {item.readable()}"
             elif isinstance(item, AnswerStats):
-                notes[side] = f"⏱ {msgs.stats_summary(item)}  \n{msgs.stats_details(item)}"
+                notes[side] = f"**{msgs.stats_summary(item)}**  \n{msgs.stats_details(item)}"
             else:
                 texts[side] += item
             yield texts["a"], texts["b"], notes["a"], notes["b"]

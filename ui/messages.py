@@ -43,13 +43,13 @@ def stats_note(stats: AnswerStats) -> dict[str, Any]:
     return {
         "role": "assistant",
         "content": stats_details(stats),
-        "metadata": {"title": "⏱ " + stats_summary(stats), "id": STATS_ID, "status": "done"},
+        "metadata": {"title": f"{stats.model} · {stats_summary(stats)}", "id": STATS_ID, "status": "done"},
     }
 
 
 def error_note(err: GatewayError) -> dict[str, Any]:
-    """An inline error bubble: stays in the history (a toast would vanish), never resent to the model."""
-    return {"role": "assistant", "content": err.readable(), "metadata": {"title": "⚠ " + err.title, "id": ERROR_ID}}
+    """An inline error bubble, shown open: stays in the history (a toast vanishes), never resent to the model."""
+    return {"role": "assistant", "content": f"**⚠ {err.title}**\n\n{err.explanation()}", "metadata": {"id": ERROR_ID}}
 
 
 def stats_summary(stats: AnswerStats) -> str:
@@ -76,10 +76,11 @@ def stats_details(stats: AnswerStats) -> str:
 
 
 def _note_id(message: dict[str, Any]) -> str | None:
+    """The id of a UI-only note (timing, error), None for a real conversation message."""
     metadata = message.get("metadata") or {}
-    if not metadata.get("title"):
-        return None
-    return str(metadata.get("id") or "note")
+    if metadata.get("id") in (STATS_ID, ERROR_ID):
+        return str(metadata["id"])
+    return "note" if metadata.get("title") else None
 
 
 def _parts(content: Any) -> tuple[list[str], list[str]]:

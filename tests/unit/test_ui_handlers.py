@@ -56,6 +56,7 @@ async def test_answer_streams_into_history_then_gets_its_timing_note() -> None:
     final = frames[-1]
     assert final[-2] == {"role": "assistant", "content": "base says hi"}
     assert final[-1]["metadata"]["id"] == msgs.STATS_ID
+    assert final[-1]["metadata"]["title"].startswith("base · TTFT")
     assert "3 tokens" in final[-1]["metadata"]["title"]
     assert "40 prompt" in final[-1]["content"]
 
@@ -66,7 +67,7 @@ async def test_gateway_error_becomes_an_inline_message_and_the_history_survives(
     frames = [frame async for frame in h.respond(history, "nope", 0.0, 16)]
     note = frames[-1][-1]
     assert note["metadata"]["id"] == msgs.ERROR_ID
-    assert "Gateway error 404 (model_not_found)" in note["metadata"]["title"]
+    assert note["content"].startswith("**⚠ Gateway error 404 (model_not_found)**")
     assert "The model 'nope' does not exist." in note["content"]
     assert frames[-1][0] == history[0]
 
@@ -85,7 +86,7 @@ async def test_compare_streams_both_answers_and_reports_each_side_separately() -
     answer_a, answer_b, note_a, note_b = frames[-1]
     assert answer_a == "base says hi"
     assert answer_b == ""
-    assert note_a.startswith("⏱ TTFT")
+    assert note_a.startswith("**TTFT")
     assert "model_not_found" in note_b
 
 
