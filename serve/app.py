@@ -82,7 +82,7 @@ class Gateway:
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         timeouts = {m.name: m.engine.request_timeout_s for m in self.config.models}
         for name, engine in self.engines.items():
-            self.clients[name] = proxy.EngineClient(engine.base_url, timeouts.get(name, 600.0))
+            self.clients[name] = proxy.EngineClient(engine, timeouts.get(name, 600.0))
 
     async def stop(self) -> None:
         for client in self.clients.values():

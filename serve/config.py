@@ -159,7 +159,9 @@ class SLOTargets(_Strict):
         200.0, gt=0, description="Gateway-side image decoding and checks, all images of a request together."
     )
     e2e_ms: float | None = Field(
-        None, gt=0, description="End-to-end, arrival -> last byte; non-streaming requests without it are judged on "
+        None,
+        gt=0,
+        description="End-to-end, arrival -> last byte; non-streaming requests without it are judged on "
         "ttft_ms + tpot_ms x (completion tokens - 1).",
     )
     objective: float = Field(

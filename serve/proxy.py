@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from vlmgate.serve.engines.base import Engine
 from vlmgate.serve.errors import APIError, EngineUnavailableError, UpstreamError, from_engine_response
 from vlmgate.serve.lifecycle import RequestTrace
 
@@ -26,10 +27,12 @@ _DONE = b"data: [DONE]"
 
 
 class EngineClient:
-    """HTTP client for one engine's OpenAI-compatible API, with a pooled keep-alive connection set."""
+    """HTTP client for one engine's OpenAI-compatible API, with a pooled keep-alive connection set.
 
-    def __init__(self, base_url: str, request_timeout_s: float) -> None:
-        self.base_url = base_url
+    The engine's URL is read on every request: a restarted engine may listen on a new port."""
+
+    def __init__(self, engine: Engine, request_timeout_s: float) -> None:
+        self.engine = engine
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10),
@@ -44,7 +47,7 @@ class EngineClient:
         """POST body and return the response once its headers arrived; 4xx/5xx are raised as APIError."""
         try:
             resp = await self._session.post(
-                f"{self.base_url}{path}", data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+                f"{self.engine.base_url}{path}", data=orjson.dumps(body), headers={"Content-Type": "application/json"}
             )
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise EngineUnavailableError(

@@ -40,16 +40,25 @@ class AdapterManager:
         engines: dict[str, Engine],
         store_dir: Path,
         drain_timeout_s: float = 30.0,
+        slot_wait_s: float = 30.0,
         on_load: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.engines = engines
         self.store_dir = store_dir
         self.drain_timeout_s = drain_timeout_s
+        self.slot_wait_s = slot_wait_s
+        self._became_idle = asyncio.Event()  # set whenever an adapter's last in-flight request ends
         self.on_load = on_load or (lambda result: None)  # metrics hook: result in ok|error
         self._locks: dict[str, asyncio.Lock] = {}
+        # One engine-slot lock per base: making room and loading are one step, or two concurrent loads could
+        # both see a free slot and overfill the engine.
+        self._slot_locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in engines}
         self._in_flight: dict[str, int] = {}
         self._drained: dict[str, asyncio.Event] = {}
+        # Last use per adapter, for LRU eviction. Kept in memory: an fsync per request would cost more than the
+        # request, and after a restart every adapter starts equal anyway.
+        self._last_used: dict[str, float] = {}
         for engine in engines.values():
             engine.on_ready(self._reload_after_engine_start)
 
@@ -132,13 +141,15 @@ class AdapterManager:
         """Make sure the adapter is loaded and count the request as in flight (call release() when done)."""
         await self.ensure_loaded(record.name)
         self._in_flight[record.name] = self._in_flight.get(record.name, 0) + 1
-        self.registry.touch(record.name)
+        self._last_used[record.name] = time.monotonic()
 
     def release(self, name: str) -> None:
         count = self._in_flight.get(name, 1) - 1
         self._in_flight[name] = count
-        if count <= 0 and name in self._drained:
-            self._drained[name].set()
+        if count <= 0:
+            self._became_idle.set()
+            if name in self._drained:
+                self._drained[name].set()
 
     async def ensure_loaded(self, name: str) -> None:
         record = self._get(name)
@@ -151,8 +162,9 @@ class AdapterManager:
             if record.state == "draining":
                 raise ModelNotFoundError(f"The adapter '{name}' is being removed.", param="model")
             engine = self.engines[record.base_model]
-            await self._make_room(engine, keep=name)
-            await self._load(engine, record)
+            async with self._slot_locks[engine.model_name]:
+                await self._make_room(engine, keep=name)
+                await self._load(engine, record)
 
     # -- internals -----------------------------------------------------------------------------------------------
     async def _load(self, engine: Engine, record: AdapterRecord) -> None:
@@ -187,36 +199,57 @@ class AdapterManager:
         self.on_load("ok")
 
     async def _make_room(self, engine: Engine, keep: str) -> None:
-        """Evict least-recently-used, unpinned, idle adapters until one more fits on the engine."""
-        slots = engine.capabilities.max_loras
-        live = [r for r in self.registry.list("live") if r.base_model == engine.model_name and r.name != keep]
-        excess = len(live) + 1 - slots
-        if excess <= 0:
-            return
-        candidates = sorted(
-            (r for r in live if not r.pinned and not self._in_flight.get(r.name)), key=lambda r: r.last_used_at or 0
-        )
-        if len(candidates) < excess:
-            raise EngineUnavailableError(
-                f"All {slots} adapter slots of '{engine.model_name}' hold pinned or busy adapters; retry shortly.",
-                headers={"Retry-After": "2"},
+        """Evict least-recently-used, unpinned, idle adapters until one more fits on the engine.
+
+        When every slot holds a pinned adapter or one with requests in flight, wait (up to slot_wait_s) for one
+        to become idle rather than fail: under a mixed load, slots free up within a request's time."""
+        deadline = time.monotonic() + self.slot_wait_s
+        while True:
+            live = [r for r in self.registry.list("live") if r.base_model == engine.model_name and r.name != keep]
+            excess = len(live) + 1 - engine.capabilities.max_loras
+            if excess <= 0:
+                return
+            # Skip adapters whose lock is taken (being removed or reloaded): waiting for it while holding the slot
+            # lock could deadlock, and a busy adapter is not a good victim anyway.
+            candidates = sorted(
+                (
+                    r
+                    for r in live
+                    if not r.pinned and not self._in_flight.get(r.name) and not self._lock(r.name).locked()
+                ),
+                key=lambda r: self._last_used.get(r.name, 0.0),
             )
-        for victim in candidates[:excess]:
-            async with self._lock(victim.name):
-                current = self._get(victim.name)
-                if current.state != "live" or self._in_flight.get(victim.name):
-                    continue
-                with contextlib.suppress(APIError):
-                    await engine.unload_adapter(victim.name)
-                self.registry.set_state(victim.name, "validated", replicas=[])
-                log.info("adapter %s evicted from %s (least recently used)", victim.name, engine.model_name)
+            for victim in candidates[:excess]:
+                await self._evict(engine, victim.name)
+            if len(candidates) >= excess:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EngineUnavailableError(
+                    f"All {engine.capabilities.max_loras} adapter slots of '{engine.model_name}' hold pinned or busy "
+                    "adapters; retry shortly.",
+                    headers={"Retry-After": "2"},
+                )
+            self._became_idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._became_idle.wait(), remaining)
+
+    async def _evict(self, engine: Engine, name: str) -> None:
+        async with self._lock(name):
+            current = self._get(name)
+            if current.state != "live" or self._in_flight.get(name):
+                return
+            with contextlib.suppress(APIError):
+                await engine.unload_adapter(name)
+            self.registry.set_state(name, "validated", replicas=[])
+            log.info("adapter %s evicted from %s (least recently used)", name, engine.model_name)
 
     async def _reload_after_engine_start(self, engine: Engine) -> None:
         """Engine (re)started: it has no adapters. Load every adapter meant to be live on it again."""
         for record in self.registry.list():
             if record.base_model != engine.model_name or record.state not in ("live", "loading"):
                 continue
-            async with self._lock(record.name):
+            async with self._lock(record.name), self._slot_locks[engine.model_name]:
                 try:
                     await self._load(engine, record)
                 except APIError as exc:

@@ -35,8 +35,7 @@ CREATE TABLE IF NOT EXISTS adapters (
     replicas TEXT NOT NULL DEFAULT '[]',
     extra TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_used_at REAL
+    updated_at REAL NOT NULL
 )
 """
 
@@ -59,7 +58,6 @@ class AdapterRecord:
     extra: dict[str, object] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
-    last_used_at: float | None = None
 
     def public(self) -> dict[str, object]:
         """The record as the admin API shows it."""
@@ -115,10 +113,6 @@ class AdapterRegistry:
             args.append(json.dumps(replicas))
         with self._lock:
             self._db.execute(f"UPDATE adapters SET {', '.join(sets)} WHERE name = ?", (*args, name))
-
-    def touch(self, name: str, when: float | None = None) -> None:
-        with self._lock:
-            self._db.execute("UPDATE adapters SET last_used_at = ? WHERE name = ?", (when or time.time(), name))
 
     def update_extra(self, name: str, **values: object) -> None:
         record = self.get(name)

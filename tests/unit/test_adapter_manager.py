@@ -70,7 +70,8 @@ def engine() -> StubEngine:
 
 @pytest.fixture
 def manager(store: Path, engine: StubEngine) -> AdapterManager:
-    return AdapterManager(AdapterRegistry(store / "registry.sqlite3"), {"base": engine}, store, drain_timeout_s=5)
+    return AdapterManager(AdapterRegistry(store / "registry.sqlite3"), {"base": engine}, store, drain_timeout_s=5,
+                          slot_wait_s=0.2)  # fmt: skip
 
 
 def loads(engine: StubEngine, name: str) -> int:
@@ -102,12 +103,12 @@ async def test_least_recently_used_unpinned_idle_adapter_is_evicted(
 ) -> None:
     for name in ("a", "b"):
         await manager.register(name, name)
-        manager.registry.touch(name, when={"a": 1.0, "b": 2.0}[name])
+        manager._last_used[name] = {"a": 1.0, "b": 2.0}[name]
     await manager.register("c", "c")
     assert engine.loaded == {"b", "c"}
     assert manager.registry.get("a").state == "validated"
     # a comes back on demand, evicting b (now the least recently used)
-    manager.registry.touch("c", when=3.0)
+    manager._last_used["c"] = 3.0
     await manager.acquire(manager.registry.get("a"))
     assert engine.loaded == {"a", "c"}
 
@@ -123,6 +124,19 @@ async def test_pinned_and_busy_adapters_are_never_evicted(manager: AdapterManage
     manager.release("b")
     await manager.ensure_loaded("c")
     assert engine.loaded == {"a", "c"}
+
+
+async def test_a_load_waits_for_a_busy_slot_to_become_idle(manager: AdapterManager, engine: StubEngine) -> None:
+    a, b = await manager.register("a", "a"), await manager.register("b", "b")
+    await manager.acquire(a)
+    await manager.acquire(b)
+    await manager.register("c", "c", load=False)
+    waiting = asyncio.create_task(manager.ensure_loaded("c"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    manager.release("a")  # a's request ends: its slot can be reused
+    await waiting
+    assert engine.loaded == {"b", "c"}
 
 
 async def test_remove_waits_for_in_flight_requests(manager: AdapterManager, engine: StubEngine) -> None:
