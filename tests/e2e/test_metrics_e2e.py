@@ -94,6 +94,9 @@ def test_metrics_count_known_traffic_per_model_and_adapter(gateway: RunningGatew
         == 4
     )
     assert after[("vlmgate_requests_in_flight", frozenset())] == 0
+    # The adapter manager reports through the hooks observability.install wires: the probe adapter was loaded.
+    assert after[("vlmgate_adapter_loads_total", frozenset({("result", "ok")}))] >= 1
+    assert after[("vlmgate_live_adapters", frozenset({("model", MODEL)}))] >= 1
 
 
 @pytest.fixture(scope="module")
