@@ -81,6 +81,11 @@ class AdapterManager:
         if name in self.engines:
             raise ConflictError(f"'{name}' is the name of a base model.", param="name")
         engine = self._base_engine(base)
+        if not engine.capabilities.runtime_lora:
+            raise InvalidRequestError(
+                f"The engine serving '{engine.model_name}' has no runtime adapters.", param="base",
+                code="adapters_not_supported",
+            )  # fmt: skip
         adapter_dir = resolve_in_store(self.store_dir, path)
         base_dir = Path(engine.model_path) if Path(engine.model_path).is_dir() else None
         fingerprint = self._fingerprint(base_dir)
@@ -171,7 +176,7 @@ class AdapterManager:
         self.registry.set_state(record.name, "loading")
         started = time.perf_counter()
         try:
-            await engine.load_adapter(record.name, record.path)
+            await engine.load_adapter(record.name, record.path, pinned=record.pinned)
         except EngineUnavailableError:
             # The engine went away mid-load: keep `loading`; its ready callback will load it again.
             self.on_load("error")
@@ -181,9 +186,6 @@ class AdapterManager:
             self.on_load("error")
             raise InvalidRequestError(str(exc), param="model", code="adapters_not_supported") from None
         except APIError as exc:
-            if "already been loaded" in exc.message:  # engine kept it (e.g. we were restarted, it was not)
-                self._mark_live(record, engine)
-                return
             self.registry.set_state(record.name, "failed", reason=exc.message)
             self.on_load("error")
             raise UpstreamError(f"The engine refused adapter '{record.name}': {exc.message}") from None

@@ -115,7 +115,7 @@ class Engine(abc.ABC):
         return adapter or self.model_name
 
     # -- adapters --------------------------------------------------------------------------------------------
-    async def load_adapter(self, name: str, path: str) -> None:
+    async def load_adapter(self, name: str, path: str, pinned: bool = False) -> None:
         raise NotImplementedError(f"{self.kind} engines have no runtime adapters")
 
     async def unload_adapter(self, name: str) -> None:

@@ -34,7 +34,7 @@ class OpenAIUpstreamEngine(SupervisedEngine):
             raise self._no_adapters(f"use adapter '{adapter}'")
         return self.model_path
 
-    async def load_adapter(self, name: str, path: str) -> None:
+    async def load_adapter(self, name: str, path: str, pinned: bool = False) -> None:
         raise self._no_adapters(f"load adapter '{name}'")
 
     async def unload_adapter(self, name: str) -> None:
