@@ -45,6 +45,10 @@ def build_app(
             with gr.Row():
                 temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="temperature")
                 tokens = gr.Slider(1, 2048, value=max_tokens, step=1, label="Max tokens", elem_id="max-tokens")
+                exact = gr.Checkbox(
+                    label="Generate exactly 'Max tokens' (ignore end of sequence: for measuring speed)",
+                    elem_id="exact-tokens",
+                )
             api_key_box = gr.Textbox(
                 label="API key (only if the gateway requires one; overrides --api-key)",
                 type="password",
@@ -131,7 +135,7 @@ def build_app(
         demo.load(h.refresh_models, [model, api_key_box], pickers)
         refresh.click(h.refresh_models, [model, api_key_box], pickers)
 
-        respond_inputs = [chatbot, model, temperature, tokens, api_key_box]
+        respond_inputs = [chatbot, model, temperature, tokens, exact, api_key_box]
         sent = box.submit(h.add_user_turn, [box, chatbot], [box, chatbot], queue=False).then(
             h.respond, respond_inputs, chatbot
         )
@@ -140,7 +144,7 @@ def build_app(
 
         compared = run.click(
             h.compare,
-            [image, question, model_a, model_b, temperature, tokens, api_key_box],
+            [image, question, model_a, model_b, temperature, tokens, exact, api_key_box],
             [answer_a, answer_b, stats_a, stats_b],
         )
         stop_compare.click(None, cancels=[compared])

@@ -38,7 +38,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address the UI binds to")
     parser.add_argument("--port", type=int, default=7860, help="port the UI listens on")
     parser.add_argument("--api-key", default=None, help="inference API key sent as 'Authorization: Bearer'")
-    parser.add_argument("--admin-key", default=None, help="admin key for the adapter and SLO views")
+    parser.add_argument("--admin-key", default=None, help="admin key for the adapter admin view")
     parser.add_argument(
         "--max-images",
         type=int,

@@ -194,6 +194,7 @@ class GatewayClient:
         *,
         temperature: float = 0.7,
         max_tokens: int = 256,
+        ignore_eos: bool = False,
         api_key: str | None = None,
     ) -> AsyncIterator[str | AnswerStats]:
         """Stream one answer: yields text deltas as they arrive, then one final AnswerStats.
@@ -209,6 +210,8 @@ class GatewayClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if ignore_eos:  # vLLM's extension, passed through by the gateway: generate exactly max_tokens
+            body["ignore_eos"] = True
         stats = AnswerStats(model=model)
         started = time.perf_counter()
         try:

@@ -94,6 +94,7 @@ class Handlers:
         model: str | None,
         temperature: float,
         max_tokens: float,
+        exact_tokens: bool = False,
         api_key: str | None = None,
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Stream the answer to the latest user turn into the history, then add its timing note."""
@@ -108,7 +109,12 @@ class Handlers:
         shown = list(history)
         try:
             async for item in self.client.stream_chat(
-                model, request, temperature=float(temperature), max_tokens=int(max_tokens), api_key=api_key
+                model,
+                request,
+                temperature=float(temperature),
+                max_tokens=int(max_tokens),
+                ignore_eos=bool(exact_tokens),
+                api_key=api_key,
             ):
                 if isinstance(item, AnswerStats):
                     shown = [*history, answer] if answer["content"] else list(history)
@@ -131,6 +137,7 @@ class Handlers:
         model_b: str | None,
         temperature: float,
         max_tokens: float,
+        exact_tokens: bool = False,
         api_key: str | None = None,
     ) -> AsyncIterator[tuple[str, str, str, str]]:
         """Ask two models the same question about the same image at the same time; stream both answers."""
@@ -143,7 +150,12 @@ class Handlers:
         texts, notes = {"a": "", "b": ""}, {"a": "…", "b": "…"}
         streams = {
             side: self.client.stream_chat(
-                model, request, temperature=float(temperature), max_tokens=int(max_tokens), api_key=api_key
+                model,
+                request,
+                temperature=float(temperature),
+                max_tokens=int(max_tokens),
+                ignore_eos=bool(exact_tokens),
+                api_key=api_key,
             )
             for side, model in (("a", model_a), ("b", model_b))
         }

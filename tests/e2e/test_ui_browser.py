@@ -155,6 +155,13 @@ def set_number(page, elem_id: str, value: float) -> None:
     field.press("Enter")
 
 
+def disconnected_requests(gateway: RunningGateway) -> int:
+    """Chat requests the gateway saw the client abandon (status 499), from its Prometheus metrics."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    prefix = f'vlmgate_requests_total{{model="{gateway.model}",adapter="",status="499"}} '
+    return sum(int(float(line[len(prefix) :])) for line in text.splitlines() if line.startswith(prefix))
+
+
 def stats_titles(page) -> list[str]:
     return [t for t in page.evaluate(BOT_TEXTS_JS) if "TTFT" in t]
 
@@ -258,3 +265,21 @@ def test_corrupt_image_shows_the_gateway_error_and_the_chat_goes_on(page, gatewa
     send_chat(page, "Say hello.")
     page.wait_for_function(f"({BOT_TEXTS_JS})().some(t => t.includes('TTFT'))")
     assert sum("Gateway error" in t for t in page.evaluate(BOT_TEXTS_JS)) == 1
+
+
+def test_stop_button_abandons_the_request_at_the_gateway(page, gateway: RunningGateway) -> None:
+    before = disconnected_requests(gateway)
+    set_number(page, "max-tokens", 1500)
+    page.locator("#exact-tokens input").check()  # no early end of sequence: the answer is still running at Stop
+    send_chat(page, "Count from one to a thousand.")
+    page.wait_for_function(f"({BOT_TEXTS_JS})().some(t => t.trim().length > 0)")
+    page.locator("#chat-stop").click()
+    # The UI closed its stream: the gateway records a client disconnect (and stops the engine's generation).
+    deadline = time.monotonic() + 120
+    while disconnected_requests(gateway) == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert disconnected_requests(gateway) == before + 1
+    # The partial answer stays; no timing note, since the answer never finished.
+    texts = page.evaluate(BOT_TEXTS_JS)
+    assert texts[0].strip()
+    assert not any("TTFT" in t for t in texts)

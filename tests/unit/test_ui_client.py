@@ -64,6 +64,18 @@ async def test_stream_yields_deltas_then_stats_and_sends_what_the_gateway_expect
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert (body["model"], body["max_tokens"]) == ("vlmgate-demo", 5)
+    assert "ignore_eos" not in body
+
+
+async def test_exact_tokens_asks_the_engine_to_ignore_end_of_sequence() -> None:
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, content=STREAM)
+
+    [_ async for _ in stub(handler).stream_chat("m", [], max_tokens=9, ignore_eos=True)]
+    assert bodies[0]["ignore_eos"] is True
 
 
 @pytest.mark.parametrize(
