@@ -34,7 +34,9 @@ class EngineClient:
     def __init__(self, engine: Engine, request_timeout_s: float) -> None:
         self.engine = engine
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            # Idle connections are dropped before the engine's own keep-alive timeout (vLLM: 5 s) can close them
+            # under us.
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=3),
             timeout=aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10),
             json_serialize=lambda o: orjson.dumps(o).decode(),
             skip_auto_headers=("User-Agent",),
@@ -45,17 +47,24 @@ class EngineClient:
 
     async def open(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
         """POST body and return the response once its headers arrived; 4xx/5xx are raised as APIError."""
-        try:
-            resp = await self._session.post(
-                f"{self.engine.base_url}{path}", data=orjson.dumps(body), headers={"Content-Type": "application/json"}
-            )
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise EngineUnavailableError(
-                f"The engine is not reachable ({exc.__class__.__name__}); it may be restarting. Retry shortly.",
-                headers={"Retry-After": "2"},
-            ) from None
-        except TimeoutError:
-            raise UpstreamError("The engine did not answer in time.", status=504, code="engine_timeout") from None
+        data = orjson.dumps(body)
+        for attempt in (1, 2):
+            try:
+                resp = await self._session.post(
+                    f"{self.engine.base_url}{path}", data=data, headers={"Content-Type": "application/json"}
+                )
+                break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled keep-alive connection the engine closed just as we reused it fails before the request
+                # is read: one retry on a fresh connection. A second failure means the engine is really gone.
+                if attempt == 1:
+                    continue
+                raise EngineUnavailableError(
+                    f"The engine is not reachable ({exc.__class__.__name__}); it may be restarting. Retry shortly.",
+                    headers={"Retry-After": "2"},
+                ) from None
+            except TimeoutError:
+                raise UpstreamError("The engine did not answer in time.", status=504, code="engine_timeout") from None
         if resp.status != 200:
             try:
                 payload = await resp.read()

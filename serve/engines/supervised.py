@@ -63,7 +63,10 @@ class SupervisedEngine(Engine):
 
     async def start(self) -> None:
         self._stopping = False
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        # Admin calls are rare: a fresh connection each time, never a pooled one the engine may have closed.
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(force_close=True)
+        )
         if self._attached:
             await self._wait_until_ready(process=None)
             await self.after_ready()
