@@ -75,6 +75,19 @@ class Handlers:
             status,
         )
 
+    def _ask(
+        self, model: str, request: list, temperature: float, max_tokens: float, exact: bool, api_key: str | None
+    ) -> AsyncIterator[str | AnswerStats]:
+        """One streamed answer with the settings as Gradio hands them over (sliders give floats)."""
+        return self.client.stream_chat(
+            model,
+            request,
+            temperature=float(temperature),
+            max_tokens=int(max_tokens),
+            ignore_eos=bool(exact),
+            api_key=api_key or None,
+        )
+
     # --- chat ------------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -108,14 +121,7 @@ class Handlers:
         answer = {"role": "assistant", "content": ""}
         shown = list(history)
         try:
-            async for item in self.client.stream_chat(
-                model,
-                request,
-                temperature=float(temperature),
-                max_tokens=int(max_tokens),
-                ignore_eos=bool(exact_tokens),
-                api_key=api_key,
-            ):
+            async for item in self._ask(model, request, temperature, max_tokens, exact_tokens, api_key):
                 if isinstance(item, AnswerStats):
                     shown = [*history, answer] if answer["content"] else list(history)
                     yield [*shown, msgs.stats_note(item)]
@@ -149,14 +155,7 @@ class Handlers:
         )
         texts, notes = {"a": "", "b": ""}, {"a": "…", "b": "…"}
         streams = {
-            side: self.client.stream_chat(
-                model,
-                request,
-                temperature=float(temperature),
-                max_tokens=int(max_tokens),
-                ignore_eos=bool(exact_tokens),
-                api_key=api_key,
-            )
+            side: self._ask(model, request, temperature, max_tokens, exact_tokens, api_key)
             for side, model in (("a", model_a), ("b", model_b))
         }
         async for side, item in merge_streams(streams):
