@@ -110,9 +110,11 @@ async def send_chat(
                 if not line.startswith(b"data:"):
                     continue  # blank separators, SSE comments (": ping"), event/id fields
                 data = line[5:].strip()
-                if data == b"[DONE]":
+                if data == b"[DONE]" or done:
+                    # Read on to the end of the body rather than break: closing a response early drops the
+                    # connection, and a gateway would log the request as a client disconnect (499).
                     done = True
-                    break
+                    continue
                 now = time.perf_counter()
                 chunk = orjson.loads(data)
                 if chunk.get("error"):

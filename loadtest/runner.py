@@ -26,6 +26,9 @@ from vlmgate.loadtest.workload import RequestSpec, arrival_offsets, build_reques
 
 # Closed loop with --duration: requests are drawn from a pool of this many, cycling.
 CLOSED_LOOP_POOL = 512
+# /metrics is read until two scrapes this far apart agree, at most this many times.
+SETTLE_S = 0.2
+SETTLE_TRIES = 10
 
 
 @dataclass
@@ -56,10 +59,7 @@ async def served_models(session: aiohttp.ClientSession, config: LoadTestConfig) 
         return []
 
 
-async def scrape_metrics(session: aiohttp.ClientSession, config: LoadTestConfig) -> Samples | None:
-    """Parsed /metrics, or None when the server exposes none (the report then shows client figures only)."""
-    if not config.scrape_metrics:
-        return None
+async def _scrape_once(session: aiohttp.ClientSession, config: LoadTestConfig) -> Samples | None:
     try:
         async with (
             asyncio.timeout(10),
@@ -68,6 +68,30 @@ async def scrape_metrics(session: aiohttp.ClientSession, config: LoadTestConfig)
             return parse_prometheus(await r.text()) if r.status == 200 else None
     except (aiohttp.ClientError, TimeoutError):
         return None
+
+
+def _counts(samples: Samples) -> dict:
+    return {key: value for key, value in samples.items() if key[0].endswith(("_count", "_total"))}
+
+
+async def scrape_metrics(session: aiohttp.ClientSession, config: LoadTestConfig) -> Samples | None:
+    """Parsed /metrics once its counts stop moving, or None when the server exposes none.
+
+    A server may record a request just after its last byte has reached us, so a scrape taken the moment the
+    last reply ends can miss it: scrape until two scrapes SETTLE_S apart agree on every count (a few tries).
+    """
+    if not config.scrape_metrics:
+        return None
+    samples = await _scrape_once(session, config)
+    for _ in range(SETTLE_TRIES):
+        if samples is None:
+            return None
+        await asyncio.sleep(SETTLE_S)
+        again = await _scrape_once(session, config)
+        if again is not None and _counts(again) == _counts(samples):
+            return again
+        samples = again
+    return samples
 
 
 class _Progress:

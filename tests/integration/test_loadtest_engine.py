@@ -4,7 +4,9 @@ and with the engine's own Prometheus counters. Asserts counts and token totals, 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import httpx
 import pytest
 
 from vlmgate.loadtest import compare_vllm
@@ -42,15 +44,37 @@ def test_report_matches_the_engines_metrics(demo_engine_url, demo_model_name, tm
     assert "vllm p50~" in capsys.readouterr().out  # server-side next to client-side figures
 
 
-def test_open_loop_through_the_gateway_counts_what_the_engine_generated(gateway, tmp_path, capsys):
-    code = main(["--url", gateway.url, "--model", gateway.model, "--rate", "4", "--num-requests", "10",
-                 "--max-tokens", "6", "--ignore-eos", "--metrics-url", f"{gateway.engine_url}/metrics",
-                 "--report", str(tmp_path), "--no-progress"])  # fmt: skip
+@pytest.fixture(scope="module")
+def loadtest_adapter(gateway, adapter_store: Path) -> str:
+    """A random PEFT adapter registered in the session gateway, so the load mixes the base and an adapter."""
+    from tests.adapter_factory import make_peft_adapter
+
+    name = "loadtest-probe"
+    make_peft_adapter(gateway.model_dir, adapter_store / name, seed=23)
+    reply = httpx.post(f"{gateway.url}/v1/adapters", json={"name": name, "path": name}, timeout=120)
+    assert reply.status_code == 201, reply.text
+    return name
+
+
+def test_adapter_mix_through_the_gateway_matches_its_per_adapter_metrics(gateway, loadtest_adapter, tmp_path, capsys):
+    code = main(["--url", gateway.url, "--model", gateway.model, "--model", f"{loadtest_adapter}=1", "--rate", "4",
+                 "--num-requests", "12", "--max-tokens", "6", "--ignore-eos", "--images-per-request", "1",
+                 "--image-size", "112x112", "--report", str(tmp_path), "--no-progress"])  # fmt: skip
     assert code == 0, capsys.readouterr().out
     report = json.loads((tmp_path / "report.json").read_text())
-    _consistent_rows(report, requests=10, max_tokens=6)
-    assert report["server"]["vllm"]["generation_tokens"] == 60
+    _consistent_rows(report, requests=12, max_tokens=6)
+    clients = report["summary"]["per_model"]
+    assert set(clients) == {gateway.model, loadtest_adapter}  # the seeded 50/50 draw sends both some traffic
+    # The gateway's own /metrics, scraped before and after, count exactly the measured traffic per adapter.
+    gateway_side = report["server"]["vlmgate"]
+    assert gateway_side["generation_tokens"] == 12 * 6
+    assert gateway_side["requests"] == 12
+    for model, figures in clients.items():
+        # E2E, not TTFT: the gateway times the first token at the first non-empty text, and a random-weight
+        # model's reply can be all tokens that decode to "" (the client counts them, as vLLM does).
+        assert gateway_side["per_model"][model]["e2e_ms"]["count"] == figures["requests"]
     assert [r["scheduled_ms"] for r in report["requests"]] == sorted(r["scheduled_ms"] for r in report["requests"])
+    assert "gateway TTFT p50~" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("mode", ["concurrent", "alternate"])
