@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
+from vlmgate.streaming import carries_token
+
 
 @dataclass
 class RequestRecord:
@@ -72,19 +74,6 @@ def _status_kind(status: int) -> str:
     return "http_5xx" if status >= 500 else "http_4xx"
 
 
-def _carries_token(delta: dict) -> bool:
-    """True for a chunk that stands for generated tokens.
-
-    vLLM sends one chunk per token even when the token decodes to "" (a special token, half a UTF-8 character),
-    so an empty `content` still counts; only the opening role announcement ({"role": ..., "content": ""}) and
-    content-less chunks (a bare finish_reason) do not.
-    """
-    if delta.get("tool_calls") or delta.get("reasoning_content") or delta.get("reasoning"):
-        return True
-    content = delta.get("content")
-    return content is not None and (bool(content) or "role" not in delta)
-
-
 async def send_chat(
     session: aiohttp.ClientSession,
     url: str,
@@ -121,7 +110,7 @@ async def send_chat(
                     record.error_kind, record.error = "stream", str(chunk["error"])[:300]
                     return record
                 choices = chunk.get("choices") or []
-                if choices and _carries_token(choices[0].get("delta") or {}):
+                if choices and carries_token(choices[0].get("delta") or {}):
                     if record.ttft_s is None:
                         record.ttft_s = now - start
                     else:

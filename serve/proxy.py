@@ -20,6 +20,7 @@ import orjson
 from vlmgate.serve.engines.base import Engine
 from vlmgate.serve.errors import APIError, EngineUnavailableError, UpstreamError, from_engine_response
 from vlmgate.serve.lifecycle import RequestTrace
+from vlmgate.streaming import carries_token
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,7 @@ def _inspect_event(event: bytes, trace: RequestTrace) -> bool:
     if "error" in data:
         trace.status, trace.error_type = 500, "engine_error"
     for choice in choices:
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+        if carries_token(choice.get("delta") or {}):
             trace.token(now)
             break
     return True
