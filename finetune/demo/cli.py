@@ -38,7 +38,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def finish(out: str | Path, history: dict, report_dir: str | Path, per_kind: int = 200, fp32: bool = False) -> dict:
+def finish(
+    out: str | Path, history: dict, report_dir: str | Path, per_kind: int = 200, fp32: bool = False, note: str = ""
+) -> dict:
     """After training: full evaluation, bf16 weights if they score as well, plot and model card."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
@@ -61,7 +63,7 @@ def finish(out: str | Path, history: dict, report_dir: str | Path, per_kind: int
             print(f"bf16 weights lose {-worst:.3f} on some kind; keeping fp32")
             model.to(torch.float32).save_pretrained(out)
     report_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"dtype": dtype, "machine": machine_description()}
+    meta = {"dtype": dtype, "machine": machine_description(), "note": note}
     (out / "vlmgate_train_meta.json").write_text(json.dumps(meta, indent=2))
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     plot_history(history, report_dir / "training.png")
