@@ -60,22 +60,22 @@ def near_duplicates(examples: list[Example], max_distance: int) -> list[tuple[Ex
 
 
 def leakage(train: list[Example], held_out: list[Example], max_distance: int) -> list[tuple[Example, Example]]:
-    """Held-out examples with the same question as a training example and a near-duplicate image (or no image)."""
-    by_prompt: dict[str, list[Example]] = {}
-    for ex in train:
-        by_prompt.setdefault(ex.prompt_text.strip().lower(), []).append(ex)
+    """Held-out examples with the same question as a training example and near-duplicate images (or none)."""
+
+    def hashed(examples: list[Example]) -> list[np.ndarray]:
+        return [np.array([colour_phash(b) for b in ex.images], dtype=np.uint64).reshape(-1, 3) for ex in examples]
+
+    train_hashes, eval_hashes = hashed(train), hashed(held_out)  # each image hashed once
+    by_prompt: dict[str, list[int]] = {}
+    for i, ex in enumerate(train):
+        by_prompt.setdefault(ex.prompt_text.strip().lower(), []).append(i)
     leaks = []
-    for ex in held_out:
-        for other in by_prompt.get(ex.prompt_text.strip().lower(), []):
-            if not ex.images and not other.images:
-                leaks.append((ex, other))
+    for j, ex in enumerate(held_out):
+        for i in by_prompt.get(ex.prompt_text.strip().lower(), []):
+            a, b = eval_hashes[j], train_hashes[i]
+            if len(a) == len(b) and (not len(a) or (np.diag(_hamming(a, b)) <= max_distance).all()):
+                leaks.append((ex, train[i]))
                 break
-            if ex.images and other.images:
-                a, _ = _hashes([ex])
-                b, _ = _hashes([other])
-                if len(a) == len(b) and (np.diag(_hamming(a, b)) <= max_distance).all():
-                    leaks.append((ex, other))
-                    break
     return leaks
 
 
