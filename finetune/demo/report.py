@@ -70,13 +70,14 @@ def write_model_card(path: str | Path, model_dir: str | Path, history: dict, rep
     text = f"""# vlmgate-demo: a tiny VLM that really sees
 
 The model `vlmgate serve` serves by default (model id `vlmgate-demo`): a {params / 1e6:.2f} M-parameter
-Qwen2-VL-architecture model trained from scratch on CPU on generated images of coloured shapes. It answers short
-questions about one picture: the colour, the shape, how many there are, where a single shape is, and a short
+Qwen2-VL-architecture model trained from scratch on CPU on generated images of coloured shapes. It is trained to answer
+short questions about one picture: the colour, the shape, how many there are, where a single shape is, and a short
 description. It knows nothing else; it exists so that the project's demo, tests and fine-tuning examples run
 on any CPU without a download.
 
 ## Use
-Send one image (best: a drawing like those below, any size; it is scaled to about 112x112) and a question:
+Send one image (best: a drawing like those `vlmgate demo generate` writes, any size; it is scaled to about
+112x112) and a question:
 "What colour is the shape?", "How many objects are there?", "Where is the triangle?", "Describe the image."
 Answers: a colour (red, green, blue, yellow, purple, orange), a shape (circle, square, triangle), a number
 (1-4), a place (top left, top, top right, left, center, right, bottom left, bottom, bottom right) or a short
@@ -90,7 +91,7 @@ image words, prefixes, suffixes, casing), kinds and counts balanced. Training us
 images (and their mirror images) with a fresh question every time. `vlmgate demo generate` writes the same data
 as JSONL in the project's chat format.
 
-## Recipe (`vlmgate demo train`; defaults reproduce this model)
+## Recipe (`vlmgate demo train`, defaults)
 - Architecture: text {cfg["model"]["num_layers"]} layers x {cfg["model"]["hidden_size"]} hidden, vision depth
   {cfg["model"]["vision_depth"]} x {cfg["model"]["vision_embed_dim"]}, 16 image tokens per 112x112 image, byte-level
   BPE tokenizer (vocab {cfg["model"]["vocab_size"]}) trained offline in which every answer word is one token.
