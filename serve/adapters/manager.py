@@ -241,9 +241,11 @@ class AdapterManager:
             current = self._get(name)
             if current.state != "live" or self._in_flight.get(name):
                 return
+            # Out of the live set before the engine call: a request arriving meanwhile must load it again, not be
+            # forwarded to an engine that is dropping it.
+            self.registry.set_state(name, "validated", replicas=[])
             with contextlib.suppress(APIError):
                 await engine.unload_adapter(name)
-            self.registry.set_state(name, "validated", replicas=[])
             log.info("adapter %s evicted from %s (least recently used)", name, engine.model_name)
 
     async def _reload_after_engine_start(self, engine: Engine) -> None:
