@@ -43,7 +43,7 @@ class StubEngine(Engine):
     async def stop(self) -> None:
         await self._set_ready(False)
 
-    async def load_adapter(self, name: str, path: str) -> None:
+    async def load_adapter(self, name: str, path: str, pinned: bool = False) -> None:
         self.calls.append(("load", name))
         await asyncio.sleep(0.01)  # let concurrent callers pile up
         if self.fail_with is not None:
@@ -52,6 +52,7 @@ class StubEngine(Engine):
 
     async def unload_adapter(self, name: str) -> None:
         self.calls.append(("unload", name))
+        await asyncio.sleep(0.05)  # an unload takes a while; requests keep arriving meanwhile
         self.loaded.discard(name)
 
 
@@ -190,3 +191,16 @@ async def test_unknown_target_is_refused_before_the_engine(manager: AdapterManag
         await manager.register("d", "d")
     assert engine.calls == []
     assert manager.registry.get("d") is None
+
+
+async def test_a_request_during_eviction_loads_again(manager: AdapterManager, engine: StubEngine) -> None:
+    await manager.register("a", "a")
+    await manager.register("b", "b")
+    manager._last_used.update(a=1.0, b=2.0)
+    making_room = asyncio.create_task(manager.register("c", "c"))  # evicts a; its unload takes 50 ms
+    await asyncio.sleep(0.02)
+    assert ("unload", "a") in engine.calls
+    assert manager.registry.get("a").state != "live"  # a request now must not be forwarded to a
+    await making_room
+    await manager.acquire(manager.registry.get("a"))
+    assert "a" in engine.loaded
