@@ -34,6 +34,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the engine's server will
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 class SupervisedProcess:
     """One child process with its output kept (last lines) and forwarded to the log."""
 

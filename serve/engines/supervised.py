@@ -20,7 +20,7 @@ import orjson
 
 from vlmgate.serve.config import EngineConfig, LimitsConfig
 from vlmgate.serve.engines.base import Engine, EngineStartError
-from vlmgate.serve.engines.process import SupervisedProcess, free_port
+from vlmgate.serve.engines.process import SupervisedProcess, free_port, port_is_free
 from vlmgate.serve.errors import EngineUnavailableError, UpstreamError, from_engine_response
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,9 @@ class SupervisedEngine(Engine):
 
     # -- process management --------------------------------------------------------------------------------------
     async def _launch(self) -> None:
-        self._port = free_port(self._host)
+        # A restarted engine keeps its port, so that its URL (in /ready, dashboards, attached tools) stays valid.
+        if not self._port or not port_is_free(self._host, self._port):
+            self._port = free_port(self._host)
         self._process = SupervisedProcess(self.command(self._port), self.environment(), label=self.model_name)
         started = time.monotonic()
         await self._process.start()
