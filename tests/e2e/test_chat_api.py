@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from openai import OpenAI
 
-from tests.conftest import RunningGateway, png_data_url
+from tests.conftest import DEMO_MODEL, REPO, RunningGateway, png_data_url
 
 pytestmark = pytest.mark.engine
 
@@ -74,3 +76,20 @@ def test_streaming_without_include_usage_sends_no_usage_chunk(client: OpenAI) ->
     assert chunks
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
+
+
+def test_readme_example_gets_a_correct_answer(client: OpenAI, gateway: RunningGateway) -> None:
+    """The README's example request (a red circle drawn on white) is answered correctly by the shipped model."""
+    image = base64.b64encode((REPO / "docs" / "examples" / "red_circle.png").read_bytes()).decode()
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                {"type": "text", "text": "What colour is the shape?"},
+            ],
+        }
+    ]
+    assert gateway.model_dir == DEMO_MODEL, "the session gateway must serve the shipped demo model"
+    reply = client.chat.completions.create(model="vlmgate-demo", messages=messages, max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content.strip().lower() == "red"
