@@ -95,9 +95,13 @@ class SupervisedProcess:
                 self._log.log(level, "%s", line)
 
     async def wait(self) -> int:
-        """Wait for the process to exit and its output to be drained; returns the exit code."""
+        """Wait for the process to exit and its output to be drained; returns the exit code.
+
+        The engine's own children (vLLM's EngineCore and workers, several GB each) outlive a leader that was
+        killed or crashed; they share its process group, so the group is swept as soon as the leader is gone."""
         assert self._proc is not None
         code = await self._proc.wait()
+        self._signal_group(self._proc.pid, signal.SIGKILL)
         if self._pump is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._pump, 5)

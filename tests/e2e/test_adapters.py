@@ -108,6 +108,8 @@ def test_engine_killed_restarts_with_live_adapters_back(gateway: RunningGateway)
     assert live
     expected = {name: answer(gateway, name, PROMPTS[2]) for name in sorted(live)}
     pid = httpx.get(f"{gateway.url}/ready").json()["engines"]["vlmgate-demo"]["pid"]
+    group = os.getpgid(pid)
+    assert len(processes_in_group(group)) >= 2  # the API server and its engine core / workers
     os.kill(pid, signal.SIGKILL)
     # While the engine is down, requests fail fast with a retryable error rather than hang.
     statuses = set()
@@ -126,3 +128,16 @@ def test_engine_killed_restarts_with_live_adapters_back(gateway: RunningGateway)
     assert {name: answer(gateway, name, PROMPTS[2]) for name in sorted(live)} == expected
     states = {a["name"]: a["state"] for a in httpx.get(f"{gateway.url}/v1/adapters").json()["data"]}
     assert all(states[n] == "live" for n in live)
+    assert processes_in_group(group) == [], "the killed engine's children were left running"
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    pids.append(int(entry.name))
+            except ProcessLookupError:
+                continue
+    return pids
