@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import subprocess
 import sys
 
@@ -23,12 +24,21 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
 
-def start_ui(gateway_url: str, port: int) -> subprocess.Popen:
-    """The Gradio demo as a child process: a client of the gateway's public API, like any other."""
+def start_ui(config: GatewayConfig, port: int) -> subprocess.Popen:
+    """The Gradio demo as a child process: a client of the gateway's public API, like any other. Keys reach it
+    through its environment (never the command line, where `ps` would show them)."""
+    from vlmgate.serve.auth import is_loopback
     from vlmgate.serve.engines.process import _die_with_parent
 
-    argv = [sys.executable, "-m", "vlmgate", "ui", "--gateway", gateway_url, "--port", str(port)]
-    return subprocess.Popen(argv, preexec_fn=_die_with_parent)
+    host = config.host if is_loopback(config.host) else "127.0.0.1"
+    argv = [sys.executable, "-m", "vlmgate", "ui", "--gateway", f"http://{host}:{config.port}", "--port", str(port),
+            "--max-images", str(config.limits.max_images_per_request)]  # fmt: skip
+    env = dict(os.environ)
+    if config.auth.api_keys:
+        env.setdefault("VLMGATE_API_KEY", config.auth.api_keys[0])
+    if config.auth.admin_key:
+        env.setdefault("VLMGATE_ADMIN_KEY", config.auth.admin_key)
+    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
 
 
 def run(config: GatewayConfig, ui_port: int | None = None) -> int:
@@ -36,7 +46,7 @@ def run(config: GatewayConfig, ui_port: int | None = None) -> int:
     app = create_app(config)
     gateway = app.state.gateway
     gateway_url = f"http://{config.host}:{config.port}"
-    ui = start_ui(gateway_url, ui_port) if ui_port else None
+    ui = start_ui(config, ui_port) if ui_port else None
 
     def cleanup() -> None:
         for engine in gateway.engines.values():
