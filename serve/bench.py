@@ -66,21 +66,26 @@ def start_engine(model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def start_gateway(model: str, engine_url: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_gateway(
+    model: str, engine_url: str, log_path: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """A gateway process in front of engine_url; env adds variables (e.g. VLMGATE_ADAPTER_STORE)."""
     port = free_port()
     argv = [sys.executable, "-m", "vlmgate", "serve", "--engine-url", engine_url, "--model", model,
             "--name", SERVED_NAME, "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(argv, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(f"{url}/ready", proc, 120)
     return proc, url
 
 
-async def _measure(url: str, concurrency: int, args: argparse.Namespace) -> dict:
+async def _measure(url: str, concurrency: int, args: argparse.Namespace, models: list[str] | None = None) -> dict:
+    """One load-test run: args.num_requests streaming requests spread uniformly over models (default: the base)."""
     config = LoadTestConfig(
-        url=url, models=[{"name": SERVED_NAME}], concurrency=concurrency, num_requests=args.num_requests,
-        warmup_requests=2, max_tokens=args.max_tokens, ignore_eos=True, images_per_request=args.images,
-        prompt_words=args.prompt_words, scrape_metrics=False, seed=args.seed,
+        url=url, models=[{"name": m} for m in models or [SERVED_NAME]], concurrency=concurrency,
+        num_requests=args.num_requests, warmup_requests=2, max_tokens=args.max_tokens, ignore_eos=True,
+        images_per_request=args.images, prompt_words=args.prompt_words, scrape_metrics=False, seed=args.seed,
     )  # fmt: skip
     result = await run_load(config, progress=False)
     summary = summarize(result.records, result.duration_s, SLO())
