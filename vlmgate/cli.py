@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("vlmgate.ui.cli", "start the Gradio chat demo against a gateway"),
     "loadtest": ("vlmgate.loadtest.cli", "load-test an OpenAI-compatible endpoint against latency SLOs"),
     "bench": ("vlmgate.serve.bench", "measure the gateway's own overhead against calling the engine directly"),
+    "bench-adapters": ("vlmgate.serve.bench_adapters", "measure adapter hot-load vs engine restart, mix vs base"),
 }
 
 
