@@ -42,13 +42,15 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 
 def stream(client: OpenAI, model: str, content: object, max_tokens: int = 6) -> tuple[int, int]:
-    """(text chunks, completion tokens) of one streamed greedy answer."""
+    """(token chunks, completion tokens) of one streamed greedy answer. A token chunk is any chunk but the opening
+    role announcement: vLLM sends one per token, even for a token that decodes to "" (vlmgate/streaming.py)."""
     chunks, tokens = 0, 0
     for chunk in client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0,
         stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     ):  # fmt: skip
-        if chunk.choices and chunk.choices[0].delta.content:
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is not None and delta.content is not None and (delta.content or delta.role is None):
             chunks += 1
         if chunk.usage:
             tokens = chunk.usage.completion_tokens
