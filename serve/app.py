@@ -211,7 +211,13 @@ async def _finish_stream(gateway: Gateway, events: AsyncIterator[bytes], trace: 
     try:
         async for event in events:
             yield event
-        completed = True
+            if event.startswith(b"data: [DONE]"):
+                # Everything the client needs is sent: a client that hangs up now has not aborted anything, and
+                # the request is recorded at once (before the client can, say, scrape /metrics).
+                completed = True
+                break
+        else:
+            completed = True
     finally:
         await events.aclose()  # type: ignore[attr-defined]
         if not completed:
