@@ -34,15 +34,16 @@ def check_startup(auth: AuthConfig, host: str) -> str | None:
     """None if the gateway may start with these keys on this address, else the reason it must not."""
     if auth.api_keys and auth.admin_key:
         return None
-    missing = " and ".join(n for n, k in (("inference keys", auth.api_keys), ("an admin key", auth.admin_key)) if not k)
+    kinds = (("inference keys", auth.api_keys), ("admin key", auth.admin_key))
+    missing = " and ".join(f"no {name}" for name, keys in kinds if not keys)
     if is_loopback(host):
-        log.warning("no %s configured: the gateway is open to anyone on this machine (bound to %s)", missing, host)
+        log.warning("%s configured: the gateway is open to anyone on this machine (bound to %s)", missing, host)
         return None
     if auth.insecure:
-        log.warning("no %s configured and bound to %s: OPEN TO THE NETWORK (--insecure)", missing, host)
+        log.warning("%s configured and bound to %s: OPEN TO THE NETWORK (--insecure)", missing, host)
         return None
     return (
-        f"refusing to listen on {host} without {missing}: set VLMGATE_API_KEYS and VLMGATE_ADMIN_KEY (or auth: in the "
+        f"refusing to listen on {host} with {missing}: set VLMGATE_API_KEYS and VLMGATE_ADMIN_KEY (or auth: in the "
         "config), bind to 127.0.0.1, or pass --insecure to run open on purpose"
     )
 
