@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -79,10 +81,11 @@ class Gateway:
         self.adapters = AdapterManager(registry, self.engines, store, config.adapters.drain_timeout_s)
 
     async def start(self) -> None:
-        await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         timeouts = {m.name: m.engine.request_timeout_s for m in self.config.models}
         for name, engine in self.engines.items():
             self.clients[name] = proxy.EngineClient(engine, timeouts.get(name, 600.0))
+        await asyncio.gather(*(engine.start() for engine in self.engines.values()))
+        log.info("gateway ready: serving %s", ", ".join(self.engines))
 
     async def stop(self) -> None:
         for client in self.clients.values():
@@ -111,11 +114,17 @@ def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await gateway.start()
-        log.info("gateway ready: serving %s", ", ".join(gateway.engines))
+        # Engines start in the background: the gateway answers at once (/health 200, /ready 503, requests 503
+        # with Retry-After until the engine is up), and Ctrl-C or SIGTERM during a minute-long engine start-up
+        # stops everything right away instead of waiting for the engine to finish starting.
+        starting = asyncio.create_task(gateway.start(), name="start-engines")
+        starting.add_done_callback(_shut_down_if_start_failed)
         try:
             yield
         finally:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
             await gateway.stop()
 
     app = FastAPI(
@@ -161,6 +170,14 @@ def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) 
         return await _chat(gateway, request)
 
     return app
+
+
+def _shut_down_if_start_failed(task: asyncio.Task[None]) -> None:
+    """An engine that cannot start is fatal at boot: log why and stop the server (as if by SIGTERM)."""
+    if task.cancelled() or task.exception() is None:
+        return
+    log.error("could not start the engines, shutting down: %s", task.exception())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _chat(gateway: Gateway, request: Request) -> Response:

@@ -57,7 +57,7 @@ def run(config: GatewayConfig, ui_port: int | None = None) -> int:
             ui.terminate()
 
     atexit.register(cleanup)
-    log.info("starting gateway on %s (engines start first; this takes a minute on CPU)", gateway_url)
+    log.info("gateway on %s; engines are starting (a minute on CPU): /ready answers 200 once they are up", gateway_url)
     if ui is not None:
         log.info("Gradio demo on http://127.0.0.1:%d (usable once the gateway reports ready)", ui_port)
     uvicorn.run(
