@@ -24,7 +24,6 @@ import os
 import sys
 from pathlib import Path
 
-from vlmgate.serve.engines.base import EngineCapabilities
 from vlmgate.serve.engines.supervised import SupervisedEngine, parse_json
 from vlmgate.serve.errors import ConflictError, InvalidRequestError, UpstreamError, from_engine_response
 
@@ -50,18 +49,6 @@ class SGLangEngine(SupervisedEngine):
     metric_names = SGLANG_METRIC_NAMES
     # /health answers 200 once the scheduler runs; /v1/models once the tokenizer manager serves.
     ready_paths = ("/health", "/v1/models")
-
-    @property
-    def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(
-            runtime_lora=True,
-            max_lora_rank=self.config.max_lora_rank,
-            max_loras=self.config.max_loras,
-            lora_target_modules=frozenset(self.config.lora_target_modules),
-            vision_lora=False,
-            max_model_len=self.config.max_model_len,
-            max_images_per_prompt=self.limits.max_images_per_request,
-        )
 
     def request_model_name(self, adapter: str | None) -> str:
         # SGLang reads "<base>:<adapter>"; the bare adapter name would fall back to the base model without a word.

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from vlmgate.serve.config import EngineConfig, LimitsConfig
-from vlmgate.serve.engines.base import Engine, EngineStartError
+from vlmgate.serve.engines.base import Engine, EngineCapabilities, EngineStartError
 from vlmgate.serve.engines.process import SupervisedProcess, free_port, port_is_free
 from vlmgate.serve.errors import EngineUnavailableError, UpstreamError, from_engine_response
 
@@ -45,6 +45,22 @@ class SupervisedEngine(Engine):
         self._session: aiohttp.ClientSession | None = None
 
     # -- what a launching subclass provides -----------------------------------------------------------------------
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        """A runtime-LoRA engine's limits, from its config; `lora_targets()` says which modules it can adapt."""
+        return EngineCapabilities(
+            runtime_lora=True,
+            max_lora_rank=self.config.max_lora_rank,
+            max_loras=self.config.max_loras,
+            lora_target_modules=self.lora_targets(),
+            vision_lora=False,
+            max_model_len=self.config.max_model_len,
+            max_images_per_prompt=self.limits.max_images_per_request,
+        )
+
+    def lora_targets(self) -> frozenset[str]:
+        return frozenset(self.config.lora_target_modules)
+
     def command(self, port: int) -> list[str]:
         """argv that starts the engine listening on port."""
         raise NotImplementedError(f"{self.kind} engines are attached by URL, never launched")

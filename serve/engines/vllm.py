@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from vlmgate.compat import SITE_DIR
-from vlmgate.serve.engines.base import EngineCapabilities
 from vlmgate.serve.engines.supervised import SupervisedEngine
 from vlmgate.serve.errors import APIError
 
@@ -54,17 +53,8 @@ class VLLMEngine(SupervisedEngine):
     metric_names = VLLM_METRIC_NAMES
 
     # -- engine interface ----------------------------------------------------------------------------------------
-    @property
-    def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(
-            runtime_lora=True,
-            max_lora_rank=self.config.max_lora_rank,
-            max_loras=self.config.max_loras,
-            lora_target_modules=VLLM_LORA_TARGETS,
-            vision_lora=False,
-            max_model_len=self.config.max_model_len,
-            max_images_per_prompt=self.limits.max_images_per_request,
-        )
+    def lora_targets(self) -> frozenset[str]:
+        return VLLM_LORA_TARGETS  # vLLM adapts the language model's linear layers, whatever the config says
 
     async def load_adapter(self, name: str, path: str, pinned: bool = False) -> None:
         """Load an adapter (vLLM has no pinning; the gateway never evicts pinned ones). Idempotent: an adapter
