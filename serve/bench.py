@@ -153,6 +153,19 @@ def format_rows(rows: list[dict], header: bool = True) -> str:
     return "\n".join(lines)
 
 
+def add_workload_args(parser: argparse.ArgumentParser, num_requests: int, images: int, logs: str) -> None:
+    """The workload and output flags every side-by-side benchmark shares (this one and bench_adapters.py)."""
+    parser.add_argument("--num-requests", type=int, default=num_requests,
+                        help=f"measured requests per run (default {num_requests})")  # fmt: skip
+    parser.add_argument("--rounds", type=int, choices=[1, 2], default=2, help="1: AB, 2: ABBA (default)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (default 64)")
+    parser.add_argument("--prompt-words", type=int, default=32, help="synthetic prompt length (default 32)")
+    parser.add_argument("--images", type=int, default=images, help=f"images per request (default {images})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--logs", metavar="DIR", default=logs, help="engine and gateway logs")
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0] + ".",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -160,14 +173,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--model", help="model directory (default: the demo model)")
     parser.add_argument("--engine-url", help="use this running vLLM instead of starting one (it must serve --model)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="levels to measure (default 1 32)")
-    parser.add_argument("--num-requests", type=int, default=64, help="measured requests per run (default 64)")
-    parser.add_argument("--rounds", type=int, choices=[1, 2], default=2, help="1: AB, 2: ABBA (default)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (default 64)")
-    parser.add_argument("--prompt-words", type=int, default=32, help="synthetic prompt length (default 32)")
-    parser.add_argument("--images", type=int, default=1, help="images per request (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--logs", metavar="DIR", default="/tmp/vlmgate-bench", help="engine and gateway logs")
+    add_workload_args(parser, num_requests=64, images=1, logs="/tmp/vlmgate-bench")
     args = parser.parse_args(argv)
     from vlmgate.serve.cli import default_model_path
 

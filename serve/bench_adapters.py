@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from vlmgate.serve.bench import SERVED_NAME, _mean, _measure, start_engine, start_gateway
+from vlmgate.serve.bench import SERVED_NAME, _mean, _measure, add_workload_args, start_engine, start_gateway
 
 LM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -151,14 +151,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--hot-loads", type=int, default=3, help="fresh adapters hot-loaded and timed (default 3)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank of the generated adapters (default 8)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent streams (default 8)")
-    parser.add_argument("--num-requests", type=int, default=32, help="measured requests per run (default 32)")
-    parser.add_argument("--rounds", type=int, choices=[1, 2], default=2, help="1: AB, 2: ABBA (default)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (default 64)")
-    parser.add_argument("--prompt-words", type=int, default=32, help="synthetic prompt length (default 32)")
-    parser.add_argument("--images", type=int, default=0, help="images per request (default 0)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--logs", metavar="DIR", default="/tmp/vlmgate-bench-adapters", help="engine/gateway logs")
+    add_workload_args(parser, num_requests=32, images=0, logs="/tmp/vlmgate-bench-adapters")
     args = parser.parse_args(argv)
     if args.adapters < 1 or args.hot_loads < 1:
         parser.error("--adapters and --hot-loads must be at least 1")
