@@ -15,17 +15,16 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from vlmgate import __version__
-from vlmgate.serve import observability, proxy
+from vlmgate.serve import chat, observability, proxy
 from vlmgate.serve.adapters.manager import AdapterManager
 from vlmgate.serve.adapters.registry import AdapterRecord, AdapterRegistry
 from vlmgate.serve.adapters.routes import build_router as adapter_router
@@ -36,13 +35,10 @@ from vlmgate.serve.engines import create_engine
 from vlmgate.serve.engines.base import Engine
 from vlmgate.serve.errors import (
     APIError,
-    EngineUnavailableError,
     InvalidRequestError,
     ModelNotFoundError,
-    PayloadTooLargeError,
 )
-from vlmgate.serve.lifecycle import RequestObservers, RequestTrace
-from vlmgate.serve.validation import validate_chat_request
+from vlmgate.serve.lifecycle import RequestObservers
 
 log = logging.getLogger("vlmgate.gateway")
 _CREATED = int(time.time())
@@ -50,16 +46,6 @@ _CREATED = int(time.time())
 
 class JSONBytes(Response):
     media_type = "application/json"
-
-
-class SSEResponse(StreamingResponse):
-    """A streaming response that always closes its generator (and so the engine request), however it ends."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 class Gateway:
@@ -109,6 +95,27 @@ class Gateway:
         )
 
 
+class GatewayApp(FastAPI):
+    """FastAPI, except that `POST /v1/chat/completions` goes straight to serve/chat.py, ahead of the middleware
+    stack and the router: that path carries every token, and it handles its own errors."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == chat.PATH and scope["method"] == "POST":
+            await chat.chat_completions(self.state.gateway, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+class _ASGIResponse(Response):
+    """A route's answer produced by a raw ASGI function of the gateway."""
+
+    def __init__(self, handler, gateway: Gateway) -> None:  # noqa: ANN001 - an ASGI handler of (gateway, ...)
+        self.handler, self.gateway = handler, gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(self.gateway, scope, receive, send)
+
+
 def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) -> FastAPI:
     gateway = Gateway(config, engines)
 
@@ -127,7 +134,7 @@ def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) 
                 await starting
             await gateway.stop()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="vlmgate",
         version=__version__,
         description="OpenAI-compatible gateway for vision-language models with hot-swapped LoRA adapters.",
@@ -165,9 +172,9 @@ def create_app(config: GatewayConfig, engines: dict[str, Engine] | None = None) 
         ]  # fmt: skip
         return JSONBytes(orjson.dumps({"object": "list", "data": data}))
 
-    @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (text and images; streaming).")
+    @app.post(chat.PATH, tags=["openai"], summary="Chat completion (text and images; streaming).")
     async def chat_completions(request: Request) -> Response:
-        return await _chat(gateway, request)
+        return _ASGIResponse(chat.chat_completions, gateway)  # (GatewayApp serves this path before routing)
 
     return app
 
@@ -178,98 +185,6 @@ def _shut_down_if_start_failed(task: asyncio.Task[None]) -> None:
         return
     log.error("could not start the engines, shutting down: %s", task.exception())
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-async def _chat(gateway: Gateway, request: Request) -> Response:
-    trace = RequestTrace(model="")
-    try:
-        gateway.authorizer.inference(request)
-        body = await _read_json(request, gateway.config.limits.max_request_bytes)
-        chat = validate_chat_request(body, gateway.config.limits)
-        engine, adapter = gateway.resolve(chat.model)
-        trace.model, trace.adapter, trace.stream = engine.model_name, adapter.name if adapter else "", chat.stream
-        trace.image_count, trace.image_preprocess_s = chat.image_count, chat.image_preprocess_s
-        if not engine.ready and not await engine.wait_ready(timeout_s=10):
-            raise EngineUnavailableError(
-                f"The engine for '{engine.model_name}' is not ready (starting or restarting). Retry shortly.",
-                headers={"Retry-After": "5"},
-            )
-        if adapter is not None:
-            await gateway.adapters.acquire(adapter)  # loads it on first use (one load, however many ask at once)
-            trace.holds_adapter = True
-        upstream = dict(chat.body, model=engine.request_model_name(adapter.name if adapter else None))
-        client = gateway.clients[engine.model_name]
-        if chat.stream:
-            upstream["stream_options"] = {**(chat.body.get("stream_options") or {}), "include_usage": True}
-        await gateway.admission.acquire(trace)
-        trace.admitted = True
-        trace.forwarded = time.perf_counter()
-        if not chat.stream:
-            payload = await proxy.complete(client, upstream, trace)
-            _end(gateway, trace)
-            return JSONBytes(payload)
-        resp = await client.open("/v1/chat/completions", upstream)
-    except APIError as err:
-        trace.status, trace.error_type = err.status, err.type
-        _end(gateway, trace)
-        raise
-    except BaseException:
-        _end(gateway, trace)
-        raise
-    return SSEResponse(
-        _finish_stream(gateway, proxy.stream(resp, trace, chat.include_usage), trace),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-async def _finish_stream(gateway: Gateway, events: AsyncIterator[bytes], trace: RequestTrace) -> AsyncIterator[bytes]:
-    completed = False
-    try:
-        async for event in events:
-            yield event
-            if event.startswith(b"data: [DONE]"):
-                # Everything the client needs is sent: a client that hangs up now has not aborted anything, and
-                # the request is recorded at once (before the client can, say, scrape /metrics).
-                completed = True
-                break
-        else:
-            completed = True
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-        if not completed:
-            trace.client_disconnected = True
-            trace.status, trace.error_type = 499, "client_disconnected"
-        _end(gateway, trace)
-
-
-def _end(gateway: Gateway, trace: RequestTrace) -> None:
-    """A request is over: free its admission slot and adapter hold (if any) and tell the observers."""
-    if trace.admitted:
-        trace.admitted = False
-        gateway.admission.release()
-    if trace.holds_adapter:
-        trace.holds_adapter = False
-        gateway.adapters.release(trace.adapter)
-    gateway.observers.request_end(trace)
-
-
-async def _read_json(request: Request, max_bytes: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"The request body exceeds the {max_bytes}-byte limit.")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLargeError(f"The request body exceeds the {max_bytes}-byte limit.")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(
-            f"We could not parse the JSON body of your request ({exc}). The body must be a JSON object.",
-            code="invalid_json",
-        ) from None
 
 
 def _install_error_boundary(app: FastAPI) -> None:

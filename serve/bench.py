@@ -6,9 +6,13 @@ that drift on a shared machine hits both sides alike. Per concurrency level it p
 the output-token throughput ratio (gateway / direct) and the gateway's CPU time per request (its process's
 user+system CPU, read from /proc, divided by the requests it served).
 
+With --stub the upstream is a STUB (loadtest/stub.py: fixed-latency placeholder tokens, no model) instead of vLLM:
+the engine's own noise is gone and only the gateway's cost is left, which is how to profile the gateway itself.
+
 Run as: vlmgate bench                                   (demo model, concurrency 1 and 32)
         vlmgate bench --model DIR --concurrency 1 8 32 --num-requests 128 --json bench.json
         vlmgate bench --engine-url http://127.0.0.1:8001 --model DIR   (an engine you started)
+        vlmgate bench --stub --num-requests 256          (the gateway alone, in front of a STUB upstream)
 """
 
 from __future__ import annotations
@@ -67,12 +71,16 @@ def start_engine(model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
 
 
 def start_gateway(
-    model: str, engine_url: str, log_path: Path, env: dict[str, str] | None = None
+    model: str, engine_url: str, log_path: Path, env: dict[str, str] | None = None, kind: str = "vllm"
 ) -> tuple[subprocess.Popen, str]:
-    """A gateway process in front of engine_url; env adds variables (e.g. VLMGATE_ADAPTER_STORE)."""
+    """A gateway process in front of engine_url (an engine of `kind`); env adds variables (e.g.
+    VLMGATE_ADAPTER_STORE)."""
     port = free_port()
-    argv = [sys.executable, "-m", "vlmgate", "serve", "--engine-url", engine_url, "--model", model,
-            "--name", SERVED_NAME, "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    config = log_path.with_suffix(".yaml")
+    engine = {"kind": kind, "url": engine_url}
+    config.write_text(json.dumps({"models": [{"path": model, "name": SERVED_NAME, "engine": engine}]}))  # YAML ⊃ JSON
+    argv = [sys.executable, "-m", "vlmgate", "serve", "--config", str(config), "--port", str(port),
+            "--log-level", "warning"]  # fmt: skip
     env = {**os.environ, **(env or {})}
     proc = subprocess.Popen(argv, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -173,6 +181,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--model", help="model directory (default: the demo model)")
     parser.add_argument("--engine-url", help="use this running vLLM instead of starting one (it must serve --model)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="levels to measure (default 1 32)")
+    parser.add_argument(
+        "--stub",
+        action="store_true",
+        help="measure in front of a STUB upstream (no model, fixed latencies): the gateway's own cost",
+    )
+    parser.add_argument("--stub-ttft-ms", type=float, default=20.0, help="STUB time to first token (default 20)")
+    parser.add_argument("--stub-itl-ms", type=float, default=5.0, help="STUB time between tokens (default 5)")
     add_workload_args(parser, num_requests=64, images=1, logs="/tmp/vlmgate-bench")
     args = parser.parse_args(argv)
     from vlmgate.serve.cli import default_model_path
@@ -180,13 +195,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     model = args.model or default_model_path()
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    engine_proc = None
-    if args.engine_url:
+    engine_proc, kind = None, "vllm"
+    if args.stub:
+        from vlmgate.loadtest.selfbench import start_stub
+
+        print(f"upstream: a STUB (fixed {args.stub_ttft_ms:g} ms to the first token, then one every "
+              f"{args.stub_itl_ms:g} ms; no model): the figures are the gateway's own cost", flush=True)  # fmt: skip
+        engine_proc, engine_url = start_stub(args.stub_ttft_ms, args.stub_itl_ms)
+        kind, model = "openai", "stub"  # the id the stub serves
+    elif args.engine_url:
         engine_url = args.engine_url.rstrip("/")
     else:
         print(f"starting vLLM on {model} (logs: {logs}/engine.log) ...", flush=True)
         engine_proc, engine_url = start_engine(model, logs / "engine.log")
-    gateway_proc, gateway_url = start_gateway(model, engine_url, logs / "gateway.log")
+    gateway_proc, gateway_url = start_gateway(model, engine_url, logs / "gateway.log", kind=kind)
     order = "ABBA" if args.rounds == 2 else "AB"
     print(f"engine {engine_url}, gateway {gateway_url}; {args.num_requests} streaming requests x {args.max_tokens} "
           f"tokens per run, {args.images} image(s) each, {order} order", flush=True)  # fmt: skip
@@ -195,8 +217,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     finally:
         gateway_proc.terminate()
         gateway_proc.wait(30)
-        if engine_proc is not None:
+        if args.stub:
+            engine_proc.terminate()
+        elif engine_proc is not None:
             os.killpg(engine_proc.pid, 15)
+        if engine_proc is not None:
             engine_proc.wait(60)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model, "rows": rows}, indent=2))

@@ -1,9 +1,10 @@
 """Relay a validated chat request to an engine and its answer back, timing it on the way.
 
 Non-streaming answers are passed through as bytes (parsed once, only for usage). Streaming answers are relayed
-event by event as they arrive; the gateway always asks the engine for usage (so that its metrics have token
-counts) and drops that final usage event when the client did not ask for it. If the client disconnects, the
-upstream connection is closed, which makes vLLM abort the request: no tokens are generated for nobody.
+event by event as they arrive (`EventFilter` decides what goes out, serve/chat.py writes it); the gateway always
+asks the engine for usage (so that its metrics have token counts) and drops that final usage event when the
+client did not ask for it. If the client disconnects, serve/chat.py closes the upstream connection, which makes
+vLLM abort the request: no tokens are generated for nobody.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -93,33 +93,35 @@ async def complete(client: EngineClient, body: dict[str, Any], trace: RequestTra
     return payload
 
 
-async def stream(resp: aiohttp.ClientResponse, trace: RequestTrace, client_wants_usage: bool) -> AsyncIterator[bytes]:
-    """Relay SSE events from an open engine response. Closing the generator closes the upstream connection."""
-    buffer = b""
-    finished = False
-    try:
-        async for chunk in resp.content.iter_any():
-            buffer += chunk
-            while (cut := buffer.find(b"\n\n")) >= 0:
-                event, buffer = buffer[:cut], buffer[cut + 2 :]
-                if not event.strip():
-                    continue
-                if event.startswith(_DONE):
-                    finished = True
-                    yield event + b"\n\n"
-                    continue
-                if _inspect_event(event, trace) or client_wants_usage:
-                    yield event + b"\n\n"
-        finished = True
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        trace.status, trace.error_type = 502, "upstream_error"
-        error = UpstreamError(f"The engine connection failed mid-stream ({exc.__class__.__name__}).")
-        yield b"data: " + error.json_bytes() + b"\n\n"
-    finally:
-        if finished:
-            resp.release()
-        else:
-            resp.close()  # abort: the engine sees the disconnect and stops generating
+class EventFilter:
+    """Splits the engine's SSE byte stream into events and returns what to forward, batched per read.
+
+    Token events are timed on the way (trace.token); the usage-only event is dropped unless the client asked for
+    it; `done` turns true at `data: [DONE]`. An event split across reads is held until its end arrives."""
+
+    def __init__(self, trace: RequestTrace, client_wants_usage: bool) -> None:
+        self.trace = trace
+        self.client_wants_usage = client_wants_usage
+        self.done = False
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        out = []
+        start = 0
+        while (cut := buffer.find(b"\n\n", start)) >= 0:
+            event = buffer[start:cut]
+            start = cut + 2
+            if not event.strip():
+                continue
+            if event.startswith(_DONE):
+                self.done = True
+                out.append(event + b"\n\n")
+                break
+            if _inspect_event(event, self.trace) or self.client_wants_usage:
+                out.append(event + b"\n\n")
+        self._buffer = buffer[start:] if not self.done else b""
+        return b"".join(out)
 
 
 def _inspect_event(event: bytes, trace: RequestTrace) -> bool:

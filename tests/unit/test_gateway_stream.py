@@ -24,6 +24,9 @@ class StubUpstream:
     def __init__(self) -> None:
         self.sent_tokens: list[int] = []  # tokens written per streaming request
         self.fail_status: int | None = None
+        self.first_token_delay_s = 0.0  # "prefill" time before the first token
+        self.ended: list[str] = []  # per streaming request: "complete" or "aborted" (the gateway hung up)
+        self.raw_stream: bytes | None = None  # if set, written as is, in 7-byte writes (events split anywhere)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -48,9 +51,14 @@ class StubUpstream:
                                       "usage": {"prompt_tokens": 3, "completion_tokens": 1}})  # fmt: skip
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        if self.raw_stream is not None:
+            for start in range(0, len(self.raw_stream), 7):
+                await resp.write(self.raw_stream[start : start + 7])
+            return resp
         sent = 0
         self.sent_tokens.append(0)
         try:
+            await asyncio.sleep(self.first_token_delay_s)
             for i in range(TOKENS):
                 chunk = {"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -61,15 +69,17 @@ class StubUpstream:
                 usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": TOKENS}}
                 await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
+            self.ended.append("complete")
         except (ConnectionResetError, asyncio.CancelledError):
-            pass
+            self.ended.append("aborted")
+            raise
         return resp
 
 
 @pytest.fixture
 async def stack():
     stub = StubUpstream()
-    runner = web.AppRunner(stub.app())
+    runner = web.AppRunner(stub.app(), handler_cancellation=True)  # a client hang-up cancels the handler
     await runner.setup()
     stub_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", stub_port).start()
@@ -120,6 +130,35 @@ async def test_client_disconnect_closes_the_upstream(stack) -> None:
         await asyncio.sleep(0.5)  # the stub would have written ~25 more tokens by now had nobody stopped it
     await asyncio.sleep(TOKENS * 0.02)
     assert stub.sent_tokens[-1] < TOKENS // 2
+
+
+async def test_client_hanging_up_before_the_first_token_aborts_the_upstream(stack) -> None:
+    # While the engine is still on the prompt nothing is being written to the client, so only a watch on the
+    # client connection can notice the hang-up: the upstream request must end long before its first token.
+    stub, url, _ = stack
+    stub.first_token_delay_s = 60
+    async with httpx.AsyncClient(timeout=30) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=_body(True), timeout=1) as r:
+                await r.aread()
+    for _ in range(200):  # up to 20 s, a third of the stub's prefill
+        if stub.ended:
+            break
+        await asyncio.sleep(0.1)
+    assert stub.ended == ["aborted"]
+    assert stub.sent_tokens == [0]
+
+
+async def test_events_split_across_reads_arrive_whole_and_in_order(stack) -> None:
+    stub, url, _ = stack
+    events = [{"choices": [{"index": 0, "delta": {"content": f"w{i}"}}]} for i in range(12)]
+    usage = {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 12}}
+    stub.raw_stream = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in [*events, usage]) + b"data: [DONE]\n\n"
+    async with httpx.AsyncClient(timeout=30) as client:
+        plain = await _events(client, url, _body(True))
+        with_usage = await _events(client, url, _body(True, stream_options={"include_usage": True}))
+    assert plain == [json.dumps(e) for e in events] + ["[DONE]"]
+    assert with_usage == [json.dumps(e) for e in [*events, usage]] + ["[DONE]"]
 
 
 async def test_engine_errors_keep_their_4xx_in_openai_shape(stack) -> None:

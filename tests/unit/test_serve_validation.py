@@ -81,3 +81,35 @@ def test_null_optional_fields_mean_default() -> None:
     chat = validate_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": None},
                                  LIMITS)  # fmt: skip
     assert chat.image_count == 0
+
+
+def _photo_bytes(fmt: str) -> bytes:
+    """A 120x120 image with detail (so that its compressed data spans many bytes) in `fmt`."""
+    x = [(i * 7 + j * 13) % 256 for j in range(120) for i in range(120)]
+    image = Image.frombytes("L", (120, 120), bytes(x)).convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _data_url(raw: bytes, fmt: str) -> str:
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_whole_images_pass_and_truncated_ones_are_refused(fmt: str) -> None:
+    # PNG is checked by chunk CRCs and JPEG by a scaled decode instead of a full decode: both must still read
+    # the whole file, so a file cut anywhere after its header is refused.
+    raw = _photo_bytes(fmt)
+    assert validate_chat_request(body(_data_url(raw, fmt)), LIMITS).image_count == 1
+    for cut in (len(raw) // 3, len(raw) * 2 // 3):
+        err = error_of(body(_data_url(raw[:cut], fmt)))
+        assert (err.status, err.code) == (400, "invalid_image"), (fmt, cut)
+
+
+def test_damaged_png_data_is_refused() -> None:
+    raw = bytearray(_photo_bytes("PNG"))
+    idat = raw.index(b"IDAT")
+    raw[idat + 40] ^= 0xFF  # one flipped byte inside the compressed pixels: the chunk's CRC no longer matches
+    err = error_of(body(_data_url(bytes(raw), "PNG")))
+    assert (err.status, err.code) == (400, "invalid_image")
