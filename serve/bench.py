@@ -6,6 +6,10 @@ that drift on a shared machine hits both sides alike. Per concurrency level it p
 the output-token throughput ratio (gateway / direct) and the gateway's CPU time per request (its process's
 user+system CPU, read from /proc, divided by the requests it served).
 
+Unless --no-floor, a bare TCP relay (loadtest/relay.py: bytes copied as they arrive, nothing else) is measured
+in the same run as the floor: the wake-ups and system calls per token that any streaming proxy pays on this
+machine; the gateway's cost beyond the relay's is its own.
+
 With --stub the upstream is a STUB (loadtest/stub.py: fixed-latency placeholder tokens, no model) instead of vLLM:
 the engine's own noise is gone and only the gateway's cost is left, which is how to profile the gateway itself.
 
@@ -88,6 +92,16 @@ def start_gateway(
     return proc, url
 
 
+def start_relay(upstream_url: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """The floor reference: a bare TCP relay (loadtest/relay.py) in front of upstream_url."""
+    port = free_port()
+    argv = [sys.executable, "-m", "vlmgate.loadtest.relay", "--port", str(port), "--upstream", upstream_url]
+    proc = subprocess.Popen(argv, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(f"{url}/v1/models", proc, 60)
+    return proc, url
+
+
 async def _measure(url: str, concurrency: int, args: argparse.Namespace, models: list[str] | None = None) -> dict:
     """One load-test run: args.num_requests streaming requests spread uniformly over models (default: the base)."""
     config = LoadTestConfig(
@@ -102,19 +116,23 @@ async def _measure(url: str, concurrency: int, args: argparse.Namespace, models:
     return summary
 
 
-async def bench(args: argparse.Namespace, engine_url: str, gateway_url: str, gateway_pid: int) -> list[dict]:
+async def bench(args: argparse.Namespace, targets: dict[str, tuple[str, int | None]]) -> list[dict]:
+    """targets: name -> (url, pid whose CPU is counted); "direct" and "gateway" always, "relay" optionally."""
     rows = []
+    sides = [name for name in ("direct", "gateway", "relay") if name in targets]
+    order = sides + sides[::-1] if args.rounds == 2 else sides  # ABBA (or ABCCBA): drift hits every side alike
     for concurrency in args.concurrency:
-        runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
-        cpu_s, served = 0.0, 0
-        for target in ("direct", "gateway", "gateway", "direct")[: 2 * args.rounds]:
-            url = engine_url if target == "direct" else gateway_url
-            before = _cpu_seconds(gateway_pid)
+        runs: dict[str, list[dict]] = {name: [] for name in sides}
+        cpu_s = dict.fromkeys(sides, 0.0)
+        served = dict.fromkeys(sides, 0)
+        for name in order:
+            url, pid = targets[name]
+            before = _cpu_seconds(pid) if pid else 0.0
             summary = await _measure(url, concurrency, args)
-            if target == "gateway":
-                cpu_s += _cpu_seconds(gateway_pid) - before
-                served += summary["requests"]["total"] + 2  # + warm-up requests
-            runs[target].append(summary)
+            if pid:
+                cpu_s[name] += _cpu_seconds(pid) - before
+                served[name] += summary["requests"]["total"] + 2  # + warm-up requests
+            runs[name].append(summary)
         rows.append(_row(concurrency, runs, cpu_s, served))
         print(format_rows(rows[-1:], header=len(rows) == 1), flush=True)
     return rows
@@ -130,12 +148,12 @@ def _mean(runs: list[dict], *path: str) -> float:
     return sum(values) / len(values)
 
 
-def _row(concurrency: int, runs: dict[str, list[dict]], cpu_s: float, served: int) -> dict:
+def _row(concurrency: int, runs: dict[str, list[dict]], cpu_s: dict[str, float], served: dict[str, int]) -> dict:
     d, g = runs["direct"], runs["gateway"]
     ttft = {f"{side}_{q}": _mean(r, "latency", "ttft_ms", q) for side, r in (("direct", d), ("gateway", g))
             for q in ("p50", "p99")}  # fmt: skip
     tput_d, tput_g = _mean(d, "throughput", "output_tokens_per_s"), _mean(g, "throughput", "output_tokens_per_s")
-    return {
+    row = {
         "concurrency": concurrency,
         **{f"ttft_{k}_ms": v for k, v in ttft.items()},
         "ttft_p50_overhead_ms": ttft["gateway_p50"] - ttft["direct_p50"],
@@ -145,8 +163,14 @@ def _row(concurrency: int, runs: dict[str, list[dict]], cpu_s: float, served: in
         "output_tokens_per_s_direct": tput_d,
         "output_tokens_per_s_gateway": tput_g,
         "throughput_ratio": tput_g / tput_d,
-        "gateway_cpu_ms_per_request": 1000 * cpu_s / max(served, 1),
+        "gateway_cpu_ms_per_request": 1000 * cpu_s["gateway"] / max(served["gateway"], 1),
     }
+    if "relay" in runs:  # the floor: a bare TCP relay under the same load
+        r = runs["relay"]
+        row["ttft_p50_overhead_relay_ms"] = _mean(r, "latency", "ttft_ms", "p50") - ttft["direct_p50"]
+        row["throughput_ratio_relay"] = _mean(r, "throughput", "output_tokens_per_s") / tput_d
+        row["relay_cpu_ms_per_request"] = 1000 * cpu_s["relay"] / max(served["relay"], 1)
+    return row
 
 
 def format_rows(rows: list[dict], header: bool = True) -> str:
@@ -155,7 +179,10 @@ def format_rows(rows: list[dict], header: bool = True) -> str:
             ("TTFT p99 direct", "ttft_direct_p99_ms", "{:>15.1f}"), ("gateway", "ttft_gateway_p99_ms", "{:>8.1f}"),
             ("+ms", "ttft_p99_overhead_ms", "{:>6.1f}"), ("tok/s direct", "output_tokens_per_s_direct", "{:>12.0f}"),
             ("gateway", "output_tokens_per_s_gateway", "{:>8.0f}"), ("ratio", "throughput_ratio", "{:>6.3f}"),
-            ("gw CPU ms/req", "gateway_cpu_ms_per_request", "{:>13.2f}")]  # fmt: skip
+            ("gw CPU ms/req", "gateway_cpu_ms_per_request", "{:>13.2f}"),
+            ("relay +ms", "ttft_p50_overhead_relay_ms", "{:>9.1f}"), ("ratio", "throughput_ratio_relay", "{:>6.3f}"),
+            ("relay CPU ms/req", "relay_cpu_ms_per_request", "{:>16.2f}")]  # fmt: skip
+    cols = [c for c in cols if all(c[1] in row for row in rows)]
     lines = ["  ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in cols)] if header else []
     lines += ["  ".join(fmt.format(row[key]) for _, key, fmt in cols) for row in rows]
     return "\n".join(lines)
@@ -188,6 +215,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     )
     parser.add_argument("--stub-ttft-ms", type=float, default=20.0, help="STUB time to first token (default 20)")
     parser.add_argument("--stub-itl-ms", type=float, default=5.0, help="STUB time between tokens (default 5)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor reference: a bare TCP relay (loadtest/relay.py) under the same load, "
+                             "i.e. what any proxy pays on this machine")  # fmt: skip
     add_workload_args(parser, num_requests=64, images=1, logs="/tmp/vlmgate-bench")
     args = parser.parse_args(argv)
     from vlmgate.serve.cli import default_model_path
@@ -209,14 +239,24 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"starting vLLM on {model} (logs: {logs}/engine.log) ...", flush=True)
         engine_proc, engine_url = start_engine(model, logs / "engine.log")
     gateway_proc, gateway_url = start_gateway(model, engine_url, logs / "gateway.log", kind=kind)
+    targets: dict[str, tuple[str, int | None]] = {
+        "direct": (engine_url, None),
+        "gateway": (gateway_url, gateway_proc.pid),
+    }
+    relay_proc = None
+    if args.floor:
+        relay_proc, relay_url = start_relay(engine_url, logs / "relay.log")
+        targets["relay"] = (relay_url, relay_proc.pid)
     order = "ABBA" if args.rounds == 2 else "AB"
     print(f"engine {engine_url}, gateway {gateway_url}; {args.num_requests} streaming requests x {args.max_tokens} "
           f"tokens per run, {args.images} image(s) each, {order} order", flush=True)  # fmt: skip
     try:
-        rows = asyncio.run(bench(args, engine_url, gateway_url, gateway_proc.pid))
+        rows = asyncio.run(bench(args, targets))
     finally:
-        gateway_proc.terminate()
-        gateway_proc.wait(30)
+        for proc in (gateway_proc, relay_proc):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
         if args.stub:
             engine_proc.terminate()
         elif engine_proc is not None:
