@@ -83,7 +83,7 @@ def _check_adapter(argv: list[str], prog: str) -> int:
     if args.adapter.is_dir() and not (args.adapter / "adapter_config.json").is_file():
         problems.append(f"--adapter {args.adapter}: no adapter_config.json (not a PEFT adapter directory)")
     if args.quantized.is_dir() and (args.quantized / "config.json").is_file():
-        from vlmgate.quantize.dequant import quantization_config
+        from vlmgate.quantize.config import quantization_config
 
         if quantization_config(args.quantized) is None:
             problems.append(f"--quantized {args.quantized}: not a quantized checkpoint (no quantization_config)")

@@ -63,3 +63,9 @@ class QuantizeConfig(BaseModel):
     def sequential_targets(self) -> list[str] | None:
         model_type = json.loads((self.model / "config.json").read_text()).get("model_type")
         return SEQUENTIAL_TARGETS.get(model_type)
+
+
+def quantization_config(model_dir: str | Path) -> dict | None:
+    """The checkpoint's `quantization_config`, or None for a plain (bf16/fp32) model."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return config.get("quantization_config")

@@ -28,13 +28,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vlmgate.quantize.config import quantization_config
+
 _SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
-
-
-def quantization_config(model_dir: str | Path) -> dict | None:
-    """The checkpoint's `quantization_config`, or None for a plain (bf16/fp32) model."""
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return config.get("quantization_config")
 
 
 def unpack_int4(packed: torch.Tensor, rows: int, cols: int, packed_dim: int) -> torch.Tensor:

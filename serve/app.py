@@ -64,7 +64,10 @@ class Gateway:
         store = Path(config.adapters.store_dir).expanduser()
         store.mkdir(parents=True, exist_ok=True)
         registry = AdapterRegistry(config.adapters.registry_path or store / "registry.sqlite3")
-        self.adapters = AdapterManager(registry, self.engines, store, config.adapters.drain_timeout_s)
+        self.adapters = AdapterManager(
+            registry, self.engines, store, config.adapters.drain_timeout_s,
+            drift_policy=config.adapters.drift_policy, drift_threshold=config.adapters.drift_threshold,
+        )  # fmt: skip
 
     async def start(self) -> None:
         timeouts = {m.name: m.engine.request_timeout_s for m in self.config.models}

@@ -144,6 +144,15 @@ class AdaptersConfig(_Strict):
     )
     registry_path: str | None = Field(None, description="SQLite registry file (default: STORE_DIR/registry.sqlite3).")
     drain_timeout_s: float = Field(30.0, gt=0, description="How long removal waits for in-flight requests.")
+    drift_policy: Literal["off", "warn", "refuse"] = Field(
+        "warn",
+        description="On an INT4 base, what to do with an adapter whose drift check (drift_check.json, written by "
+        "`vlmgate quantize check-adapter`) is missing, was made on other INT4 weights, or agrees with bf16 less "
+        "than drift_threshold: warn (register it, log and record why) or refuse (400).",
+    )
+    drift_threshold: float = Field(
+        0.9, gt=0, le=1, description="Least agreement between the adapter's bf16 and INT4 answers that passes."
+    )
 
 
 class SLOTargets(_Strict):

@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vlmgate.quantize.config import quantization_config
+from vlmgate.quantize.drift import DEFAULT_THRESHOLD, PolicyMode, evaluate_drift_policy, read_result, weights_sha256
+from vlmgate.quantize.drift import FILENAME as DRIFT_FILE
 from vlmgate.serve.adapters.registry import AdapterRecord, AdapterRegistry
 from vlmgate.serve.adapters.validation import resolve_in_store, validate_adapter
 from vlmgate.serve.engines.base import Engine
@@ -42,12 +45,16 @@ class AdapterManager:
         drain_timeout_s: float = 30.0,
         slot_wait_s: float = 30.0,
         on_load: Callable[[str], None] | None = None,
+        drift_policy: PolicyMode = "warn",
+        drift_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         self.registry = registry
         self.engines = engines
         self.store_dir = store_dir
         self.drain_timeout_s = drain_timeout_s
         self.slot_wait_s = slot_wait_s
+        self.drift_policy, self.drift_threshold = drift_policy, drift_threshold
+        self._weights_sha256: dict[Path, str] = {}  # INT4 bases' weights hash, for the drift checks
         self._became_idle = asyncio.Event()  # set whenever an adapter's last in-flight request ends
         self.on_load = on_load or (lambda result: None)  # metrics hook: result in ok|error
         self._locks: dict[str, asyncio.Lock] = {}
@@ -90,6 +97,12 @@ class AdapterManager:
         base_dir = Path(engine.model_path) if Path(engine.model_path).is_dir() else None
         fingerprint = self._fingerprint(base_dir)
         info = await asyncio.to_thread(validate_adapter, adapter_dir, engine.capabilities, base_dir, fingerprint)
+        drift = await asyncio.to_thread(self._drift_verdict, info.path, base_dir)
+        if drift is not None and not drift["ok"]:
+            raise InvalidRequestError(f"Adapter refused by the drift policy: {drift['message']}.", param="path",
+                                      code="adapter_drift")  # fmt: skip
+        if drift is not None and not drift["passed"]:
+            log.warning("adapter %s on the INT4 base %s: %s", name, engine.model_name, drift["message"])
         record = AdapterRecord(
             name=name,
             version=version or "1",
@@ -101,6 +114,7 @@ class AdapterManager:
             target_modules=info.target_modules,
             base_fingerprint=info.base_fingerprint,
             pinned=pinned,
+            extra={"drift": drift} if drift is not None else {},
         )
         try:
             self.registry.add(record)
@@ -276,6 +290,30 @@ class AdapterManager:
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+    def _drift_verdict(self, adapter_dir: Path, base_dir: Path | None) -> dict[str, object] | None:
+        """On an INT4 base: the adapter's drift check (quantize/drift.py) judged by the policy; None otherwise."""
+        if self.drift_policy == "off" or base_dir is None or quantization_config(base_dir) is None:
+            return None
+        try:
+            result = read_result(adapter_dir)
+        except (ValueError, OSError) as exc:
+            raise InvalidRequestError(f"The adapter's {DRIFT_FILE} is unreadable: {exc}", param="path",
+                                      code="invalid_adapter") from None  # fmt: skip
+        if base_dir not in self._weights_sha256:
+            self._weights_sha256[base_dir] = weights_sha256(base_dir)
+        served = self._weights_sha256[base_dir]
+        ok, message = evaluate_drift_policy(result, self.drift_threshold, self.drift_policy, served)
+        checked_on = (result or {}).get("quantized", {}).get("weights_sha256")
+        return {
+            "ok": ok,
+            "passed": bool(result) and checked_on == served and result["agreement"] >= self.drift_threshold,
+            "policy": self.drift_policy,
+            "threshold": self.drift_threshold,
+            "agreement": (result or {}).get("agreement"),
+            "checked_on_served_weights": checked_on == served,
+            "message": message,
+        }
 
     @staticmethod
     def _fingerprint(base_dir: Path | None) -> str | None:

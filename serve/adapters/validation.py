@@ -85,9 +85,19 @@ def base_module_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
     """Language-model module path (as lm_module_path names it) -> (out_features, in_features) of its weight."""
     shapes: dict[str, tuple[int, int]] = {}
     for file in sorted(model_dir.glob("*.safetensors")):
+        packed = []
         for name, info in safetensors_header(file).items():
             if name.endswith(".weight") and len(info["shape"]) == 2 and (module := lm_module_path(name)):
                 shapes[module] = (info["shape"][0], info["shape"][1])
+            elif name.endswith(".weight_shape") and lm_module_path(name):
+                packed.append(name)
+        if packed:  # an INT4 (compressed-tensors) checkpoint: each packed weight stores its dense shape
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="numpy") as handle:
+                for name in packed:
+                    out_features, in_features = (int(v) for v in handle.get_tensor(name))
+                    shapes[lm_module_path(name)] = (out_features, in_features)  # type: ignore[index]
     return shapes
 
 

@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from vlmgate.quantize.cli import main
 from vlmgate.quantize.dequant import dense_state_dict
-from vlmgate.quantize.drift import FILENAME, evaluate_drift_policy, read_result
+from vlmgate.quantize.drift import FILENAME, evaluate_drift_policy
 from vlmgate.quantize.env import ensure_env
 from vlmgate.quantize.sizes import weight_sizes
 
@@ -145,32 +145,37 @@ def adapter(served_model_dir: Path, tmp_path_factory) -> Path:
     return root / "run" / "adapter"
 
 
-def test_drift_check_on_a_fine_tuned_adapter_and_a_mismatched_int4_base(
-    gptq_run, served_model_dir: Path, adapter: Path, data, quantize_python, tmp_path
-) -> None:
-    heldout = adapter.parent.parent / "data" / "eval.jsonl"
-    int4, _ = gptq_run
-    args = ["check-adapter", "--base", str(served_model_dir), "--adapter", str(adapter), "--data", str(heldout)]
-    assert main([*args, "--quantized", str(int4)]) == 0
-    matched = read_result(adapter)
-    assert matched["examples"] == 24
-    assert 0.0 <= matched["agreement"] <= 1.0
-    assert matched["base"]["fingerprint"] == matched["quantized"]["fingerprint"]
-
-    # Deliberately mismatched: an INT4 copy of OTHER weights with the same architecture (random init).
+@pytest.fixture(scope="module")
+def drift_records(gptq_run, served_model_dir: Path, adapter: Path, data, quantize_python, tmp_path_factory) -> dict:
+    """`vlmgate quantize check-adapter` on the fine-tuned adapter against its own INT4 base ("matched") and against
+    an INT4 copy of OTHER weights with the same architecture ("mismatched", random init)."""
     from vlmgate.finetune.demo.recipe import demo_model_config
     from vlmgate.finetune.tiny_vlm import TinyVLMConfig, build_tiny_vlm
 
+    tmp = tmp_path_factory.mktemp("drift")
+    heldout = adapter.parent.parent / "data" / "eval.jsonl"
+    int4, _ = gptq_run
+    args = ["check-adapter", "--base", str(served_model_dir), "--adapter", str(adapter), "--data", str(heldout)]
+    assert main([*args, "--quantized", str(int4), "--out", str(tmp / "matched.json")]) == 0
     layers = json.loads((served_model_dir / "config.json").read_text())["text_config"]["num_hidden_layers"]
     shape = demo_model_config() if layers == demo_model_config().num_layers else TinyVLMConfig()
     shape.seed = 7
-    other = build_tiny_vlm(tmp_path / "other", shape)
-    other_int4 = tmp_path / "other-int4"
+    other = build_tiny_vlm(tmp / "other", shape)
+    other_int4 = tmp / "other-int4"
     _quantize("rtn", other, other_int4, data, samples=1, heldout=False)
-    out = tmp_path / FILENAME
+    out = tmp / "mismatched.json"
     assert main([*args, "--quantized", str(other_int4), "--out", str(out), "--strict"]) in (0, 1)
-    mismatched = json.loads(out.read_text())
+    return {"matched": tmp / "matched.json", "mismatched": out}
+
+
+def test_drift_check_on_a_fine_tuned_adapter_and_a_mismatched_int4_base(drift_records) -> None:
+    matched = json.loads(drift_records["matched"].read_text())
+    assert matched["examples"] == 24
+    assert 0.0 <= matched["agreement"] <= 1.0
+    assert matched["base"]["fingerprint"] == matched["quantized"]["fingerprint"]
+    mismatched = json.loads(drift_records["mismatched"].read_text())
     assert mismatched["agreement"] < matched["agreement"]
+    assert mismatched["quantized"]["weights_sha256"] != matched["quantized"]["weights_sha256"]
     ok, message = evaluate_drift_policy(mismatched, threshold=matched["agreement"], mode="refuse")
     assert not ok
     assert "refused" in message
@@ -179,10 +184,14 @@ def test_drift_check_on_a_fine_tuned_adapter_and_a_mismatched_int4_base(
 
 @pytest.mark.engine
 def test_int4_base_is_served_through_the_gateway_and_answers_like_its_dequantized_weights(
-    gptq_run, adapter: Path, data, tmp_path
+    gptq_run, adapter: Path, drift_records, data, tmp_path
 ) -> None:
-    """The one engine start of this file: vLLM CPU serves the GPTQ checkpoint behind `vlmgate serve`, with a LoRA
-    adapter loaded on the 4-bit base at runtime; greedy answers match the dequantized transformers path."""
+    """The one engine start of this file: vLLM CPU serves the GPTQ checkpoint behind `vlmgate serve`; a LoRA adapter
+    is registered through the gateway on the 4-bit base at runtime, its greedy answers match the dequantized
+    transformers path, and the drift policy (refuse) turns away the same adapter when its drift check was made on
+    other INT4 weights with poor agreement, leaving the registry and the engine untouched."""
+    import shutil
+
     import httpx
 
     from tests.conftest import TEST_LIMITS_ENV, start_gateway, stop_gateway
@@ -191,9 +200,26 @@ def test_int4_base_is_served_through_the_gateway_and_answers_like_its_dequantize
     int4, _ = gptq_run
     examples = load_data(data["heldout"], 8)
     lora_examples = load_data(adapter.parent.parent / "data" / "eval.jsonl", 8)
-    running = start_gateway(int4, tmp_path / "gateway.log", env=TEST_LIMITS_ENV)
+    store = tmp_path / "store"
+    for name, record in (("colours-fr", "matched"), ("colours-fr-drifted", "mismatched")):
+        shutil.copytree(adapter, store / name)
+        shutil.copy(drift_records[record], store / name / FILENAME)
+    policy = {"VLMGATE_ADAPTER_STORE": str(store), "VLMGATE_ADAPTERS__DRIFT_POLICY": "refuse",
+              "VLMGATE_ADAPTERS__DRIFT_THRESHOLD": "0.5"}  # fmt: skip
+    assert json.loads(drift_records["matched"].read_text())["agreement"] >= 0.5
+    running = start_gateway(int4, tmp_path / "gateway.log", env={**TEST_LIMITS_ENV, **policy})
     try:
         with httpx.Client(timeout=120) as client:
+            refused = client.post(f"{running.url}/v1/adapters", json={"name": "drifted", "path": "colours-fr-drifted"})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["code"] == "adapter_drift"
+            assert "other INT4 weights" in refused.json()["error"]["message"]
+            assert client.get(f"{running.url}/v1/adapters/drifted").status_code == 404
+            registered = client.post(f"{running.url}/v1/adapters", json={"name": "colours-fr", "path": "colours-fr"})
+            assert registered.status_code in (200, 201), registered.text
+            assert registered.json()["extra"]["drift"]["passed"]
+            engine_models = {m["id"] for m in client.get(f"{running.engine_url}/v1/models").json()["data"]}
+            assert "drifted" not in engine_models
 
             def ask(url: str, model: str, messages: list[dict]) -> str:
                 body = {"model": model, "messages": messages, "max_tokens": 16, "temperature": 0}
@@ -202,9 +228,7 @@ def test_int4_base_is_served_through_the_gateway_and_answers_like_its_dequantize
                 return response.json()["choices"][0]["message"]["content"].strip()
 
             served = [ask(running.url, running.model, e.to_openai()) for e in examples]
-            load = {"lora_name": "colours-fr", "lora_path": str(adapter)}
-            assert client.post(f"{running.engine_url}/v1/load_lora_adapter", json=load).status_code == 200
-            with_lora = [ask(running.engine_url, "colours-fr", e.to_openai()) for e in lora_examples]
+            with_lora = [ask(running.url, "colours-fr", e.to_openai()) for e in lora_examples]
     finally:
         stop_gateway(running.process)
     expected = evaluate(int4, examples).answers
