@@ -14,9 +14,9 @@ With --stub the upstream is a STUB (loadtest/stub.py: fixed-latency placeholder 
 the engine's own noise is gone and only the gateway's cost is left, which is how to profile the gateway itself.
 
 Run as: vlmgate bench                                   (demo model, concurrency 1 and 32)
-        vlmgate bench --model DIR --concurrency 1 8 32 --num-requests 128 --json bench.json
+        vlmgate bench --model DIR --concurrency 1 8 32 --json bench.json
         vlmgate bench --engine-url http://127.0.0.1:8001 --model DIR   (an engine you started)
-        vlmgate bench --stub --num-requests 256          (the gateway alone, in front of a STUB upstream)
+        vlmgate bench --stub                            (the gateway alone, in front of a STUB upstream)
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ async def _measure(url: str, concurrency: int, args: argparse.Namespace, models:
     """One load-test run: args.num_requests streaming requests spread uniformly over models (default: the base)."""
     config = LoadTestConfig(
         url=url, models=[{"name": m} for m in models or [SERVED_NAME]], concurrency=concurrency,
-        num_requests=args.num_requests, warmup_requests=2, max_tokens=args.max_tokens, ignore_eos=True,
-        images_per_request=args.images, prompt_words=args.prompt_words, scrape_metrics=False, seed=args.seed,
+        num_requests=requests_per_run(args, concurrency), warmup_requests=2, max_tokens=args.max_tokens,
+        ignore_eos=True, images_per_request=args.images, prompt_words=args.prompt_words, scrape_metrics=False,
+        seed=args.seed,
     )  # fmt: skip
     result = await run_load(config, progress=False)
     summary = summarize(result.records, result.duration_s, SLO())
@@ -139,12 +140,13 @@ async def bench(args: argparse.Namespace, targets: dict[str, tuple[str, int | No
 
 
 def _mean(runs: list[dict], *path: str) -> float:
+    """Mean over runs of one figure; NaN if a run lacks it (e.g. TPOT with one output token)."""
     values = []
     for run in runs:
         value = run
         for key in path:
-            value = value[key]
-        values.append(value)
+            value = value.get(key) if isinstance(value, dict) else None
+        values.append(float("nan") if value is None else value)
     return sum(values) / len(values)
 
 
@@ -188,10 +190,17 @@ def format_rows(rows: list[dict], header: bool = True) -> str:
     return "\n".join(lines)
 
 
-def add_workload_args(parser: argparse.ArgumentParser, num_requests: int, images: int, logs: str) -> None:
+def requests_per_run(args: argparse.Namespace, concurrency: int) -> int:
+    """--num-requests, or by default six waves of `concurrency` requests (at least 32): with a single wave the
+    figures measure how one batch of simultaneous arrivals happens to be scheduled, not a steady state."""
+    return args.num_requests or max(32, 6 * concurrency)
+
+
+def add_workload_args(parser: argparse.ArgumentParser, num_requests: int | None, images: int, logs: str) -> None:
     """The workload and output flags every side-by-side benchmark shares (this one and bench_adapters.py)."""
+    default = num_requests if num_requests else "max(32, 6 x concurrency)"
     parser.add_argument("--num-requests", type=int, default=num_requests,
-                        help=f"measured requests per run (default {num_requests})")  # fmt: skip
+                        help=f"measured requests per run (default {default})")  # fmt: skip
     parser.add_argument("--rounds", type=int, choices=[1, 2], default=2, help="1: AB, 2: ABBA (default)")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (default 64)")
     parser.add_argument("--prompt-words", type=int, default=32, help="synthetic prompt length (default 32)")
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--no-floor", dest="floor", action="store_false",
                         help="skip the floor reference: a bare TCP relay (loadtest/relay.py) under the same load, "
                              "i.e. what any proxy pays on this machine")  # fmt: skip
-    add_workload_args(parser, num_requests=64, images=1, logs="/tmp/vlmgate-bench")
+    add_workload_args(parser, num_requests=None, images=1, logs="/tmp/vlmgate-bench")
     args = parser.parse_args(argv)
     from vlmgate.serve.cli import default_model_path
 
@@ -248,8 +257,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         relay_proc, relay_url = start_relay(engine_url, logs / "relay.log")
         targets["relay"] = (relay_url, relay_proc.pid)
     order = "ABBA" if args.rounds == 2 else "AB"
-    print(f"engine {engine_url}, gateway {gateway_url}; {args.num_requests} streaming requests x {args.max_tokens} "
-          f"tokens per run, {args.images} image(s) each, {order} order", flush=True)  # fmt: skip
+    per_run = ", ".join(f"{requests_per_run(args, c)} at concurrency {c}" for c in args.concurrency)
+    print(f"engine {engine_url}, gateway {gateway_url}; streaming requests per run: {per_run}; {args.max_tokens} "
+          f"tokens each, {args.images} image(s) each, {order} order", flush=True)  # fmt: skip
     try:
         rows = asyncio.run(bench(args, targets))
     finally:
