@@ -89,6 +89,11 @@ class EngineConfig(_Strict):
         "ready, and when it answers again its adapters are reloaded (it may have restarted without them).",
     )
     request_timeout_s: float = Field(600.0, gt=0, description="Longest time one request may take at the engine.")
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the API key of an attached engine or upstream, sent "
+        "as 'Authorization: Bearer <key>' on every call (the key itself stays out of the config file).",
+    )
 
     @field_validator("url")
     @classmethod

@@ -41,6 +41,7 @@ class EngineClient:
             timeout=aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10),
             json_serialize=lambda o: orjson.dumps(o).decode(),
             skip_auto_headers=("User-Agent",),
+            headers=engine.auth_headers(),
         )
 
     async def close(self) -> None:

@@ -61,6 +61,10 @@ class Engine(abc.ABC):
         self._ready_callbacks: list[ReadyCallback] = []
         self._ready_event = asyncio.Event()
 
+    def auth_headers(self) -> dict[str, str]:
+        """Headers every call to the engine carries (an API key, for an upstream that wants one)."""
+        return {}
+
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
     @abc.abstractmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import aiohttp
@@ -72,6 +73,18 @@ class SupervisedEngine(Engine):
     async def after_ready(self) -> None:
         """Checks to run once the engine answers (e.g. that it serves the expected model); raise EngineStartError."""
 
+    def auth_headers(self) -> dict[str, str]:
+        name = self.config.api_key_env
+        if not name:
+            return {}
+        key = os.environ.get(name)
+        if not key:
+            raise EngineStartError(
+                f"engine.api_key_env of '{self.model_name}' names ${name}, which is not set: export it with the "
+                f"API key of {self.base_url}"
+            )
+        return {"Authorization": f"Bearer {key}"}
+
     # -- engine interface ----------------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
@@ -81,8 +94,9 @@ class SupervisedEngine(Engine):
         self._stopping = False
         # Admin calls are rare: a fresh connection each time, never a pooled one the engine may have closed.
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(force_close=True)
-        )
+            timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(force_close=True),
+            headers=self.auth_headers(),
+        )  # fmt: skip
         if self._attached:
             await self._wait_until_ready(process=None)
             await self.after_ready()

@@ -21,6 +21,7 @@ class Recorded:
     method: str
     path: str
     json: Any
+    authorization: str | None = None
 
 
 @dataclass
@@ -43,7 +44,7 @@ class StubEngineServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else None
-        self.requests.append(Recorded(request.method, request.path, body))
+        self.requests.append(Recorded(request.method, request.path, body, request.headers.get("Authorization")))
         status, payload = self.replies.get((request.method, request.path), (404, {"detail": "Not Found"}))
         return web.json_response(payload, status=status)
 

@@ -113,3 +113,25 @@ def test_gateway_relays_to_the_upstream_under_its_id_after_validating(stub: Stub
     assert len(chats) == 1  # the bad request never reached the upstream
     assert chats[0].json["model"] == UPSTREAM_ID
     assert ready["engines"]["remote"]["kind"] == "openai"
+
+
+def test_api_key_from_the_named_environment_variable_goes_on_every_call(stub: StubEngineServer, monkeypatch) -> None:
+    monkeypatch.setenv("REMOTE_KEY", "sk-remote-123")
+    engine = {"kind": "openai", "url": stub.url, "api_key_env": "REMOTE_KEY"}
+    config = load_config(overrides={"models": [{"path": UPSTREAM_ID, "name": "remote", "engine": engine}]}, environ={})
+    with TestClient(create_app(config)) as client:
+        reply = client.post(
+            "/v1/chat/completions", json={"model": "remote", "messages": [{"role": "user", "content": "hi"}]}
+        )
+    assert reply.status_code == 200
+    assert {r.path for r in stub.sent()} == {"/v1/models", "/v1/chat/completions"}
+    assert {r.authorization for r in stub.sent()} == {"Bearer sk-remote-123"}  # readiness probe and request alike
+
+
+async def test_api_key_variable_that_is_not_set_fails_the_start_and_names_it(stub: StubEngineServer) -> None:
+    config = EngineConfig(kind="openai", url=stub.url, startup_timeout_s=3, api_key_env="VLMGATE_TEST_UNSET_KEY")
+    engine = OpenAIUpstreamEngine("remote", UPSTREAM_ID, config, LimitsConfig())
+    with pytest.raises(EngineStartError, match=r"\$VLMGATE_TEST_UNSET_KEY, which is not set"):
+        await engine.start()
+    await engine.stop()
+    assert stub.sent() == []
