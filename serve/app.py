@@ -59,7 +59,7 @@ class Gateway:
         }
         self.clients: dict[str, proxy.EngineClient] = {}
         self.observers = RequestObservers()
-        self.admission = Admission()
+        self.admission = Admission(config.admission)
         self.authorizer = Authorizer(config.auth)
         store = Path(config.adapters.store_dir).expanduser()
         store.mkdir(parents=True, exist_ok=True)

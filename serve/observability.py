@@ -78,9 +78,6 @@ def live_adapters(gateway: Gateway) -> dict[str, int]:
 def install(app: FastAPI, gateway: Gateway) -> None:
     """Attach the request monitor to gateway.observers and mount /metrics and /v1/slo."""
     config = gateway.config
-    # The admission queue is built from the config here until Gateway builds it itself (same object either way).
-    if getattr(gateway.admission, "config", None) is not config.admission:
-        gateway.admission = Admission(config.admission)
     metrics = getattr(gateway, "metrics", None)
     if metrics is None:
         metrics = gateway.metrics = GatewayMetrics(config.slo.max_adapter_labels)  # type: ignore[attr-defined]
