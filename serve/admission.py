@@ -1,8 +1,10 @@
-"""Admission control: how many requests may be at the engines at once, and what happens past that.
+"""Admission control: how many requests may be at an engine at once, and what happens past that.
 
-The gateway calls `await admission.acquire(trace)` before forwarding a request and `admission.release()` when the
-request ends (stream finished, error, or client gone). Up to `admission.max_concurrent` requests are forwarded;
-the next ones wait in a first-come, first-served queue of at most `max_queue`. A request finding the queue full,
+Each base model has its own queue (`Admissions` holds them), so a flooded model never holds back another one.
+The gateway calls `await admissions.acquire(trace)` before forwarding a request and `admissions.release(trace)`
+when the request ends (stream finished, error, or client gone). Up to `admission.max_concurrent` requests per model
+(or the model's own `max_concurrent`) are forwarded; the next ones wait in a first-come, first-served queue of at
+most `max_queue`. A request finding the queue full,
 or waiting longer than `queue_timeout_s`, gets a 429 with `Retry-After` at once: under overload the gateway
 sheds load instead of letting every admitted request slow down. The wait counts in the trace's queue time
 (the gateway stamps `forwarded` after acquire returns).
@@ -20,7 +22,7 @@ from vlmgate.serve.lifecycle import RequestTrace
 
 
 class Admission:
-    """A bounded, FIFO admission queue shared by every model (max_concurrent None: admit everything)."""
+    """A bounded, FIFO admission queue (max_concurrent None: admit everything)."""
 
     def __init__(self, config: AdmissionConfig | None = None) -> None:
         self.config = config or AdmissionConfig()
@@ -80,3 +82,35 @@ class Admission:
             code="gateway_overloaded",
             headers={"Retry-After": str(self.config.retry_after_s)},
         )
+
+
+class Admissions:
+    """One admission queue per base model, with totals for the metrics (in_flight, queued, rejected)."""
+
+    def __init__(self, config: AdmissionConfig, bounds: dict[str, int | None]) -> None:
+        """bounds: model name -> its max_concurrent override (None: config.max_concurrent)."""
+        self.config = config
+        self.queues = {
+            name: Admission(config.model_copy(update={"max_concurrent": bound}) if bound else config)
+            for name, bound in bounds.items()
+        }
+
+    async def acquire(self, trace: RequestTrace) -> None:
+        await self.queues[trace.model].acquire(trace)
+
+    def release(self, trace: RequestTrace) -> None:
+        self.queues[trace.model].release()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(q.in_flight for q in self.queues.values())
+
+    @property
+    def queued(self) -> int:
+        return sum(q.queued for q in self.queues.values())
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        return {
+            reason: sum(q.rejected[reason] for q in self.queues.values()) for reason in ("queue_full", "queue_timeout")
+        }

@@ -28,7 +28,7 @@ from vlmgate.serve import chat, observability, proxy
 from vlmgate.serve.adapters.manager import AdapterManager
 from vlmgate.serve.adapters.registry import AdapterRecord, AdapterRegistry
 from vlmgate.serve.adapters.routes import build_router as adapter_router
-from vlmgate.serve.admission import Admission
+from vlmgate.serve.admission import Admissions
 from vlmgate.serve.auth import Authorizer
 from vlmgate.serve.config import GatewayConfig
 from vlmgate.serve.engines import create_engine
@@ -59,7 +59,8 @@ class Gateway:
         }
         self.clients: dict[str, proxy.EngineClient] = {}
         self.observers = RequestObservers()
-        self.admission = Admission(config.admission)
+        bounds = {m.name: m.max_concurrent for m in config.models}
+        self.admission = Admissions(config.admission, {name: bounds.get(name) for name in self.engines})
         self.authorizer = Authorizer(config.auth)
         store = Path(config.adapters.store_dir).expanduser()
         store.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,7 @@ def _end(gateway: Gateway, trace: RequestTrace) -> None:
         return
     if trace.admitted:
         trace.admitted = False
-        gateway.admission.release()
+        gateway.admission.release(trace)
     if trace.holds_adapter:
         trace.holds_adapter = False
         gateway.adapters.release(trace.adapter)

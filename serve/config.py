@@ -118,6 +118,9 @@ class ModelConfig(_Strict):
     path: str = Field(description="Local model directory or Hugging Face Hub id.")
     name: str | None = Field(None, description="Model id clients use (default: the directory or repo name).")
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    max_concurrent: int | None = Field(
+        None, gt=0, description="Requests at this model's engine at once (default: admission.max_concurrent)."
+    )
 
     @model_validator(mode="after")
     def _default_name(self) -> ModelConfig:
@@ -234,7 +237,10 @@ class AdmissionConfig(_Strict):
     """Overload protection: a bounded queue in front of the engines; past it, 429 with Retry-After."""
 
     max_concurrent: int | None = Field(
-        256, gt=0, description="Requests at the engines at once, all models together (null: no bound, no queue)."
+        256,
+        gt=0,
+        description="Requests at one base model's engine at once; each model has its own queue, and "
+        "models[].max_concurrent overrides this per model (null: no bound, no queue).",
     )
     max_queue: int = Field(1024, ge=0, description="Requests that may wait for a slot; beyond, an immediate 429.")
     queue_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a slot before the request gets a 429.")

@@ -18,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vlmgate.serve.admission import Admission
+from vlmgate.serve.admission import Admission, Admissions
 from vlmgate.serve.lifecycle import RequestTrace
 from vlmgate.serve.metrics import CONTENT_TYPE, GatewayMetrics
 from vlmgate.serve.slo import SLOTracker, judge
@@ -49,7 +49,7 @@ class RequestMonitor:
         self.tracker.record(model, adapter, trace, verdict)
 
 
-def register_admission_metrics(metrics: GatewayMetrics, admission: Callable[[], Admission]) -> None:
+def register_admission_metrics(metrics: GatewayMetrics, admission: Callable[[], Admission | Admissions]) -> None:
     """Admission gauges and counters, read at scrape time through `admission()` (the gateway may replace it)."""
     metrics.gauge_function(
         "vlmgate_requests_in_flight", "Requests admitted and at an engine now.", lambda: admission().in_flight

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from vlmgate.serve.admission import Admission
+from vlmgate.serve.admission import Admission, Admissions
 from vlmgate.serve.config import AdmissionConfig, ConfigError, load_config
 from vlmgate.serve.errors import RateLimitError
 from vlmgate.serve.lifecycle import RequestTrace
@@ -96,3 +96,27 @@ def test_admission_config_from_yaml_env_and_errors() -> None:
         load_config(None, {"admission.max_queue": -1}, environ={})
     with pytest.raises(ConfigError, match="did you mean 'max_concurrent'"):
         load_config(None, {"admission.max_concurent": 2}, environ={})
+
+
+async def test_each_model_has_its_own_queue_and_bound() -> None:
+    config = AdmissionConfig(max_concurrent=2, max_queue=0, retry_after_s=3)
+    gates = Admissions(config, {"busy": None, "other": None, "small": 1})
+    for _ in range(2):
+        await gates.acquire(RequestTrace(model="busy"))
+    with pytest.raises(RateLimitError):
+        await gates.acquire(RequestTrace(model="busy"))  # "busy" is full ...
+    await gates.acquire(RequestTrace(model="other"))  # ... and holds nobody else back
+    await gates.acquire(RequestTrace(model="small"))
+    with pytest.raises(RateLimitError):
+        await gates.acquire(RequestTrace(model="small"))  # its own bound: 1
+    assert (gates.in_flight, gates.queued, gates.rejected) == (4, 0, {"queue_full": 2, "queue_timeout": 0})
+    gates.release(RequestTrace(model="busy"))
+    await gates.acquire(RequestTrace(model="busy"))
+    assert gates.queues["busy"].in_flight == 2
+
+
+def test_per_model_bound_in_the_config() -> None:
+    config = load_config(None, {"models": [{"path": "/m", "name": "m", "max_concurrent": 4}]}, environ={})
+    assert config.models[0].max_concurrent == 4
+    with pytest.raises(ConfigError, match="max_concurrent"):
+        load_config(None, {"models": [{"path": "/m", "max_concurrent": 0}]}, environ={})
