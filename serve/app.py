@@ -39,6 +39,7 @@ from vlmgate.serve.errors import (
     ModelNotFoundError,
 )
 from vlmgate.serve.lifecycle import RequestObservers
+from vlmgate.serve.upstream import UpstreamPool
 
 log = logging.getLogger("vlmgate.gateway")
 _CREATED = int(time.time())
@@ -57,7 +58,8 @@ class Gateway:
             m.name: create_engine(m, config.limits)
             for m in config.models  # type: ignore[misc]
         }
-        self.clients: dict[str, proxy.EngineClient] = {}
+        self.clients: dict[str, proxy.EngineClient] = {}  # non-streaming requests
+        self.streams: dict[str, UpstreamPool] = {}  # streaming requests (serve/upstream.py)
         self.observers = RequestObservers()
         bounds = {m.name: m.max_concurrent for m in config.models}
         self.admission = Admissions(config.admission, {name: bounds.get(name) for name in self.engines})
@@ -74,12 +76,15 @@ class Gateway:
         timeouts = {m.name: m.engine.request_timeout_s for m in self.config.models}
         for name, engine in self.engines.items():
             self.clients[name] = proxy.EngineClient(engine, timeouts.get(name, 600.0))
+            self.streams[name] = UpstreamPool(engine, timeouts.get(name, 600.0))
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         log.info("gateway ready: serving %s", ", ".join(self.engines))
 
     async def stop(self) -> None:
         for client in self.clients.values():
             await client.close()
+        for pool in self.streams.values():
+            pool.close()
         await asyncio.gather(*(engine.stop() for engine in self.engines.values()), return_exceptions=True)
         self.adapters.registry.close()
 

@@ -21,14 +21,20 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from vlmgate.serve import proxy
-from vlmgate.serve.errors import APIError, EngineUnavailableError, InvalidRequestError, PayloadTooLargeError
+from vlmgate.serve.errors import (
+    APIError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UpstreamError,
+)
 from vlmgate.serve.lifecycle import RequestTrace
+from vlmgate.serve.upstream import ClientWriter, StreamConnection, UpstreamPool
 from vlmgate.serve.validation import validate_chat_request
 
 if TYPE_CHECKING:
@@ -75,7 +81,8 @@ async def chat_completions(gateway: Gateway, scope: Scope, receive: Receive, sen
             _end(gateway, trace)
             await _respond(send, 200, payload)
             return
-        resp = await client.open(PATH, upstream)
+        pool = gateway.streams[engine.model_name]
+        connection = await pool.open(PATH, upstream, trace, chat.include_usage)
     except APIError as err:
         trace.status, trace.error_type = err.status, err.type
         _end(gateway, trace)
@@ -91,49 +98,55 @@ async def chat_completions(gateway: Gateway, scope: Scope, receive: Receive, sen
     except BaseException:  # cancelled: the server is shutting down
         _end(gateway, trace)
         raise
-    await _relay(gateway, resp, trace, chat.include_usage, receive, send)
+    await _relay(gateway, pool, connection, trace, receive, send)
 
 
 async def _relay(
-    gateway: Gateway, resp: aiohttp.ClientResponse, trace: RequestTrace, include_usage: bool, receive: Receive,
+    gateway: Gateway, pool: UpstreamPool, connection: StreamConnection, trace: RequestTrace, receive: Receive,
     send: Send,
 ) -> None:  # fmt: skip
-    """Stream the engine's SSE events to the client. Ends the request exactly once, however the stream ends."""
-    events = proxy.EventFilter(trace, include_usage)
-    # Waits for the client to hang up; if it does, closing the engine response aborts the generation at once,
+    """Stream the engine's SSE events to the client (written from the engine connection's callbacks, see
+    serve/upstream.py). Ends the request exactly once, however the stream ends."""
+    # Waits for the client to hang up; if it does, dropping the engine connection aborts the generation at once,
     # even while the engine is still working on the first token.
     hangup = asyncio.ensure_future(receive())
-    hangup.add_done_callback(lambda waiter: waiter.cancelled() or resp.close())
+    hangup.add_done_callback(lambda waiter: waiter.cancelled() or connection.abort())
+    transport = connection.transport
+    assert transport is not None
+    writer = ClientWriter(send, transport.pause_reading, transport.resume_reading)
+    connection.on_done = lambda: _end(gateway, trace)  # at [DONE], before the client sees it
     failure: bytes | None = None
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        async for chunk in resp.content.iter_any():
-            out = events.feed(chunk)
-            if events.done:
-                _end(gateway, trace)  # recorded before the client can see [DONE] (and, say, scrape /metrics)
-            if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-            if events.done or hangup.done():
-                break
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        connection.attach(writer.write)
+        async with asyncio.timeout(pool.request_timeout_s):
+            await asyncio.shield(connection.finished)
+    except TimeoutError:
+        trace.status, trace.error_type = 504, "engine_timeout"
+        failure = proxy.error_event(UpstreamError("The engine did not finish in time.", status=504,
+                                                  code="engine_timeout"))  # fmt: skip
+    except (ConnectionError, OSError, UpstreamError) as exc:
         if not hangup.done():
             trace.status, trace.error_type = 502, "upstream_error"
             failure = proxy.error_event(
-                proxy.UpstreamError(f"The engine connection failed mid-stream ({exc.__class__.__name__}).")
+                UpstreamError(f"The engine connection failed mid-stream ({exc.__class__.__name__}).")
             )
     finally:
         disconnected = hangup.done() and not hangup.cancelled()
         hangup.cancel()
-        if events.done:
-            resp.release()  # the connection goes back to the pool
+        finished = connection.finished
+        if finished.done() and not finished.cancelled() and finished.exception() is None:
+            pool.release(connection)  # the connection goes back to the pool
         else:
-            resp.close()  # abort: the engine sees the disconnect and stops generating
-            if disconnected:
-                trace.client_disconnected = True
-                trace.status, trace.error_type = 499, "client_disconnected"
-            _end(gateway, trace)
-    if not disconnected:
-        await send({"type": "http.response.body", "body": failure or b"", "more_body": False})
+            connection.abort()  # the engine sees the disconnect and stops generating
+        if disconnected and trace.end is None:
+            trace.client_disconnected = True
+            trace.status, trace.error_type = 499, "client_disconnected"
+        _end(gateway, trace)
+    if disconnected:
+        return
+    await writer.flush()
+    await send({"type": "http.response.body", "body": failure or b"", "more_body": False})
 
 
 def _end(gateway: Gateway, trace: RequestTrace) -> None:
