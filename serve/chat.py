@@ -135,9 +135,8 @@ async def _relay(
         disconnected = hangup.done() and not hangup.cancelled()
         hangup.cancel()
         finished = connection.finished
-        if finished.done() and not finished.cancelled() and finished.exception() is None:
-            pool.release(connection)  # the connection goes back to the pool
-        else:
+        complete = finished.done() and not finished.cancelled() and finished.exception() is None
+        if disconnected or not complete:
             connection.abort()  # the engine sees the disconnect and stops generating
         if disconnected and trace.end is None:
             trace.client_disconnected = True
@@ -145,7 +144,9 @@ async def _relay(
         _end(gateway, trace)
     if disconnected:
         return
-    await writer.flush()
+    await writer.flush()  # a slow client's last writes; the connection stays ours until then (its reads paused)
+    if complete:
+        pool.release(connection)  # back to the pool for the next request
     await send({"type": "http.response.body", "body": failure or b"", "more_body": False})
 
 

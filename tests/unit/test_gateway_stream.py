@@ -16,6 +16,7 @@ from aiohttp import web
 from vlmgate.serve.app import create_app
 from vlmgate.serve.config import load_config
 from vlmgate.serve.engines.process import free_port
+from vlmgate.serve.upstream import ClientWriter
 
 TOKENS = 40
 
@@ -26,7 +27,8 @@ class StubUpstream:
         self.fail_status: int | None = None
         self.first_token_delay_s = 0.0  # "prefill" time before the first token
         self.ended: list[str] = []  # per streaming request: "complete" or "aborted" (the gateway hung up)
-        self.raw_stream: bytes | None = None  # if set, written as is, in 7-byte writes (events split anywhere)
+        self.raw_stream: bytes | None = None  # if set, written as is, in raw_piece-byte writes
+        self.raw_piece = 7  # (7: events split anywhere)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -52,8 +54,8 @@ class StubUpstream:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         if self.raw_stream is not None:
-            for start in range(0, len(self.raw_stream), 7):
-                await resp.write(self.raw_stream[start : start + 7])
+            for start in range(0, len(self.raw_stream), self.raw_piece):
+                await resp.write(self.raw_stream[start : start + self.raw_piece])
             return resp
         sent = 0
         self.sent_tokens.append(0)
@@ -159,6 +161,31 @@ async def test_events_split_across_reads_arrive_whole_and_in_order(stack) -> Non
         with_usage = await _events(client, url, _body(True, stream_options={"include_usage": True}))
     assert plain == [json.dumps(e) for e in events] + ["[DONE]"]
     assert with_usage == [json.dumps(e) for e in [*events, usage]] + ["[DONE]"]
+
+
+async def test_a_slow_client_gets_every_event_in_order(stack, monkeypatch) -> None:
+    # ~12 MB of events arrive from the engine at once while the client does not read: the server's buffer fills,
+    # the gateway's writes have to wait (and its engine reads pause); then the client reads everything.
+    stub, url, _ = stack
+    events = [{"choices": [{"index": 0, "delta": {"content": f"{i:05d}" + "x" * 600}}]} for i in range(20000)]
+    stub.raw_stream = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
+    stub.raw_piece = 65536
+    waited = []  # writes that had to wait for the client (the backpressure path of serve/upstream.py)
+    finish = ClientWriter._finish
+
+    async def counted(self, *args):
+        waited.append(1)
+        await finish(self, *args)
+
+    monkeypatch.setattr(ClientWriter, "_finish", counted)
+    async with (
+        httpx.AsyncClient(timeout=60) as client,
+        client.stream("POST", f"{url}/v1/chat/completions", json=_body(True)) as r,
+    ):
+        await asyncio.sleep(1.5)
+        got = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+    assert waited
+    assert got == [json.dumps(e) for e in events] + ["[DONE]"]
 
 
 async def test_engine_errors_keep_their_4xx_in_openai_shape(stack) -> None:
