@@ -1,7 +1,7 @@
 """Relay a validated chat request to an engine and its answer back, timing it on the way.
 
 Non-streaming answers are passed through as bytes (parsed once, only for usage). Streaming answers are relayed
-event by event as they arrive (`EventFilter` decides what goes out, serve/chat.py writes it); the gateway always
+event by event as they arrive, by serve/upstream.py (`EventFilter` here decides what goes out); the gateway always
 asks the engine for usage (so that its metrics have token counts) and drops that final usage event when the
 client did not ask for it. If the client disconnects, serve/chat.py closes the upstream connection, which makes
 vLLM abort the request: no tokens are generated for nobody.
