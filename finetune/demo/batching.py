@@ -145,25 +145,31 @@ def batch_vision_attention(model) -> None:
 
 
 class AuxHeads(torch.nn.Module):
-    """Throwaway linear probes on the merger output that teach the vision side what the questions will need."""
+    """Throwaway linear probes on the merger output that teach the vision side what the questions will need.
+
+    Colour, shape and count are read twice, from the max-pooled and from the mean-pooled tokens. Max pooling
+    learns shapes fast: a 14-px shape fills part of one or two of the 16 tokens, and a mean drowns it in
+    background. Mean pooling makes every token carry the answers, so the language model can read them with
+    one uniform attention (trained with max pooling alone, it was still at chance on colour after 300 steps)."""
+
+    POOLED = {"colour": len(COLOURS), "shape": len(SHAPES), "count": 4}
 
     def __init__(self, dim: int, n_tokens: int) -> None:
         super().__init__()
-        self.colour = torch.nn.Linear(dim, len(COLOURS))
-        self.shape = torch.nn.Linear(dim, len(SHAPES))
-        self.count = torch.nn.Linear(dim, 4)
+        self.max_heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in self.POOLED.items()})
+        self.mean_heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in self.POOLED.items()})
         self.cells = torch.nn.Linear(dim * n_tokens, GRID * GRID)
         self.tokens = torch.nn.Linear(dim, 1)
 
     def loss(self, merged: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """merged: (B, n_tokens, dim). Returns the summed loss and per-head training accuracy."""
-        pooled = merged.mean(1)
-        logits = {"colour": self.colour(pooled), "shape": self.shape(pooled), "count": self.count(pooled)}
-        loss = sum(F.cross_entropy(lg, aux[name]) for name, lg in logits.items())
+        """merged: (B, n_tokens, dim). Returns the summed loss and per-head training accuracy (max-pooled)."""
+        by_max = {name: head(merged.amax(1)) for name, head in self.max_heads.items()}
+        by_mean = {name: head(merged.mean(1)) for name, head in self.mean_heads.items()}
+        loss = sum(F.cross_entropy(lg, aux[name]) for logits in (by_max, by_mean) for name, lg in logits.items())
         cells = self.cells(merged.flatten(1))
         tokens = self.tokens(merged).squeeze(-1)
         loss = loss + F.binary_cross_entropy_with_logits(cells, aux["cells"])
         loss = loss + F.binary_cross_entropy_with_logits(tokens, aux["tokens"])
-        acc = {name: (lg.argmax(-1) == aux[name]).float().mean().item() for name, lg in logits.items()}
+        acc = {name: (lg.argmax(-1) == aux[name]).float().mean().item() for name, lg in by_max.items()}
         acc["cells"] = ((cells > 0) == aux["cells"].bool()).all(1).float().mean().item()
         return loss, acc

@@ -7,7 +7,7 @@ Run as:
   vlmgate demo eval [MODEL_DIR]               held-out exact match per question kind (default: shipped model)
 
 The shipped model was made with:
-  vlmgate demo train --out finetune/demo/vlmgate-demo --report-dir finetune/demo
+  vlmgate demo train --out finetune/demo/vlmgate-demo --report-dir finetune/demo --threads 2
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Build, train and evaluate the project's demo VLM.",
-        epilog="The shipped model: vlmgate demo train --out finetune/demo/vlmgate-demo --report-dir finetune/demo",
+        epilog="The shipped model: vlmgate demo train --out finetune/demo/vlmgate-demo --report-dir finetune/demo "
+        "--threads 2",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("build-tiny", help="write a random-weight tiny Qwen2-VL model (seconds, offline)")

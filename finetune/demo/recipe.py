@@ -4,9 +4,10 @@ Run as: vlmgate demo train [--out DIR] [--config demo.yaml]   (defaults reproduc
 
 Two stages, following what worked on these CPUs (see FEASIBILITY.md):
   stage 0  vision tower + merger ALONE (no language model in the forward pass) with throwaway linear heads on the
-           merger output: colour, shape and count from the mean-pooled tokens (so the language model can read
-           them with one uniform attention), occupied 3x3 cells from the flattened tokens, and per-token
-           "a shape's centre is here" flags (what counting needs).
+           merger output: colour, shape and count from the max-pooled tokens (a small shape fills only part of
+           one or two of the 16 tokens; a mean drowns it) and again from the mean-pooled ones (so that every
+           token carries them and the language model can read them with one uniform attention), occupied 3x3
+           cells from the flattened tokens, and per-token "a shape's centre is here" flags (counting).
   stage 1  the whole model on question answering, loss only on the answer and its <|im_end|>, with the
            stage-0 heads kept as an auxiliary loss.
 Text M-RoPE uses rope_theta 10 and mrope_section [2, 10, 20]: at the default 1e4 the columns of a 4x4 token
@@ -52,10 +53,10 @@ class DemoTrainConfig:
 
     seed: int = 0  # seeds weights, scene pool and question sampling
     pool_size: int = 8000  # distinct training images (mirroring doubles them)
-    stage0_steps: int = 500  # vision-only alignment steps
+    stage0_steps: int = 1300  # vision-only alignment steps (shape is the slow one: ~0.9 after 1000)
     stage0_batch: int = 48
-    stage0_lr: float = 2e-3
-    stage1_steps: int = 900  # full-model question-answering steps
+    stage0_lr: float = 4e-3
+    stage1_steps: int = 850  # full-model question-answering steps
     stage1_batch: int = 32
     lr_lm: float = 2e-3  # language model (random init, so a high rate)
     lr_vision: float = 5e-4  # vision tower (already aligned in stage 0)

@@ -97,7 +97,7 @@ as JSONL in the project's chat format.
   BPE tokenizer (vocab {cfg["model"]["vocab_size"]}) trained offline in which every answer word is one token.
   Text M-RoPE: rope_theta {cfg["model"]["rope_theta"]:g}, mrope_section {cfg["model"]["mrope_section"]}.
 - Stage 0 ({cfg["stage0_steps"]} steps, batch {cfg["stage0_batch"]}, lr {cfg["stage0_lr"]}): vision tower + merger
-  alone with linear heads on the merged tokens: colour, shape, count (mean-pooled), occupied cells (flattened),
+  alone with linear heads on the merged tokens: colour, shape, count (max- and mean-pooled), occupied cells (flattened),
   shape-centre flags per token.
 - Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
   {cfg["lr_vision"]} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}): whole model on
@@ -136,12 +136,15 @@ def _contention(history: dict) -> str:
     loads = [r["load1"] for r in history["stage0"] + history["eval"] if "load1" in r]
     if not loads:
         return ""
-    cores = os.cpu_count() or 1
-    return (
-        f"The machine was shared with other jobs: the 1-minute load average during training was "
-        f"{sum(loads) / len(loads):.1f} on average (min {min(loads):.1f}, max {max(loads):.1f}) on {cores} cores, "
-        f"so this run got a fraction of the CPU; an idle machine trains several times faster."
+    cores, threads = os.cpu_count() or 1, history["config"]["threads"]
+    mean = sum(loads) / len(loads)
+    text = (
+        f"The 1-minute load average during training was {mean:.1f} on average (min {min(loads):.1f}, "
+        f"max {max(loads):.1f}) on {cores} cores, up to {threads} of it from this run's own thread(s)"
     )
+    if mean > threads + 0.5:
+        return text + "; other jobs shared the CPU, so an idle machine trains faster."
+    return text + "."
 
 
 def machine_description() -> str:
