@@ -125,9 +125,17 @@ class EventFilter:
         return b"".join(out)
 
 
+# vLLM's token chunk: a delta whose content is a string and that announces no role. Unescaped quotes only occur in
+# JSON structure (never inside a string value), so these bytes cannot come from generated text.
+_TOKEN_DELTA = b'"delta":{"content":"'
+
+
 def _inspect_event(event: bytes, trace: RequestTrace) -> bool:
     """Record timing/usage from one `data: {...}` event. Returns False for a usage-only event."""
     now = time.perf_counter()
+    if _TOKEN_DELTA in event and b'"role"' not in event and b'"usage"' not in event and b'"error"' not in event:
+        trace.token(now)  # the common case, decided without parsing: what carries_token says of such a delta
+        return True
     try:
         data = orjson.loads(event[5:] if event.startswith(b"data:") else event)
     except orjson.JSONDecodeError:

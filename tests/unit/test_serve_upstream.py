@@ -5,6 +5,7 @@ tested in test_gateway_stream.py (stub upstream) and tests/e2e (real vLLM)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from aiohttp import web
@@ -102,3 +103,33 @@ async def test_pool_streams_events_and_reuses_the_kept_alive_connection(engine_s
         assert trace.token_events == 3
     assert len(connections) == 1  # one engine connection served all three
     pool.close()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"choices": [{"index": 0, "delta": {"content": "red"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]},  # a token decoding to ""
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},  # the role announcement
+        {"choices": [{"index": 0, "delta": {"content": '"delta":{"content":"'}}]},  # that text, generated
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": '"delta":{"content":"'}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]},
+        {"choices": [{"index": 0, "delta": {"content": None, "tool_calls": [{"index": 0}]}}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+        {"choices": [{"index": 0, "delta": {"content": "x"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+        {"choices": [{"index": 0, "delta": {"content": "x"}}], "error": {"message": "boom"}},
+    ],
+)
+def test_token_events_are_told_apart_as_the_shared_rule_says(event: dict) -> None:
+    from vlmgate.serve.proxy import _inspect_event
+    from vlmgate.streaming import carries_token
+
+    for encoded in (json.dumps(event, separators=(",", ":")), json.dumps(event)):  # vLLM's compact form and not
+        trace = RequestTrace(model="m")
+        kept = _inspect_event(b"data: " + encoded.encode(), trace)
+        expected = any(carries_token(c.get("delta") or {}) for c in event["choices"])
+        assert trace.token_events == int(expected), encoded
+        assert kept == bool(event["choices"] or not event.get("usage"))
+        if event.get("usage"):
+            assert trace.completion_tokens == event["usage"]["completion_tokens"]
