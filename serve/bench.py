@@ -234,44 +234,47 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     model = args.model or default_model_path()
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    engine_proc, kind = None, "vllm"
-    if args.stub:
-        from vlmgate.loadtest.selfbench import start_stub
-
-        print(f"upstream: a STUB (fixed {args.stub_ttft_ms:g} ms to the first token, then one every "
-              f"{args.stub_itl_ms:g} ms; no model): the figures are the gateway's own cost", flush=True)  # fmt: skip
-        engine_proc, engine_url = start_stub(args.stub_ttft_ms, args.stub_itl_ms)
-        kind, model = "openai", "stub"  # the id the stub serves
-    elif args.engine_url:
-        engine_url = args.engine_url.rstrip("/")
-    else:
-        print(f"starting vLLM on {model} (logs: {logs}/engine.log) ...", flush=True)
-        engine_proc, engine_url = start_engine(model, logs / "engine.log")
-    gateway_proc, gateway_url = start_gateway(model, engine_url, logs / "gateway.log", kind=kind)
-    targets: dict[str, tuple[str, int | None]] = {
-        "direct": (engine_url, None),
-        "gateway": (gateway_url, gateway_proc.pid),
-    }
-    relay_proc = None
-    if args.floor:
-        relay_proc, relay_url = start_relay(engine_url, logs / "relay.log")
-        targets["relay"] = (relay_url, relay_proc.pid)
-    order = "ABBA" if args.rounds == 2 else "AB"
-    per_run = ", ".join(f"{requests_per_run(args, c)} at concurrency {c}" for c in args.concurrency)
-    print(f"engine {engine_url}, gateway {gateway_url}; streaming requests per run: {per_run}; {args.max_tokens} "
-          f"tokens each, {args.images} image(s) each, {order} order", flush=True)  # fmt: skip
+    engine_proc: subprocess.Popen | None = None
+    procs: list[subprocess.Popen] = []  # gateway and relay, stopped however the run ends
+    kind = "vllm"
     try:
+        if args.stub:
+            from vlmgate.loadtest.selfbench import start_stub
+
+            print(f"upstream: a STUB (fixed {args.stub_ttft_ms:g} ms to the first token, then one every "
+                  f"{args.stub_itl_ms:g} ms; no model): the figures are the gateway's own cost",
+                  flush=True)  # fmt: skip
+            engine_proc, engine_url = start_stub(args.stub_ttft_ms, args.stub_itl_ms)
+            kind, model = "openai", "stub"  # the id the stub serves
+        elif args.engine_url:
+            engine_url = args.engine_url.rstrip("/")
+        else:
+            print(f"starting vLLM on {model} (logs: {logs}/engine.log) ...", flush=True)
+            engine_proc, engine_url = start_engine(model, logs / "engine.log")
+        gateway_proc, gateway_url = start_gateway(model, engine_url, logs / "gateway.log", kind=kind)
+        procs.append(gateway_proc)
+        targets: dict[str, tuple[str, int | None]] = {
+            "direct": (engine_url, None),
+            "gateway": (gateway_url, gateway_proc.pid),
+        }
+        if args.floor:
+            relay_proc, relay_url = start_relay(engine_url, logs / "relay.log")
+            procs.append(relay_proc)
+            targets["relay"] = (relay_url, relay_proc.pid)
+        order = "ABBA" if args.rounds == 2 else "AB"
+        per_run = ", ".join(f"{requests_per_run(args, c)} at concurrency {c}" for c in args.concurrency)
+        print(f"engine {engine_url}, gateway {gateway_url}; streaming requests per run: {per_run}; {args.max_tokens} "
+              f"tokens each, {args.images} image(s) each, {order} order", flush=True)  # fmt: skip
         rows = asyncio.run(bench(args, targets))
     finally:
-        for proc in (gateway_proc, relay_proc):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(30)
-        if args.stub:
-            engine_proc.terminate()
-        elif engine_proc is not None:
-            os.killpg(engine_proc.pid, 15)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
         if engine_proc is not None:
+            if args.stub:
+                engine_proc.terminate()
+            else:
+                os.killpg(engine_proc.pid, 15)  # the engine's whole process group
             engine_proc.wait(60)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model, "rows": rows}, indent=2))
