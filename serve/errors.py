@@ -101,6 +101,14 @@ class EngineUnavailableError(APIError):
     type = "service_unavailable_error"
     code = "engine_unavailable"
 
+    @classmethod
+    def unreachable(cls, exc: BaseException) -> EngineUnavailableError:
+        """The engine's connection failed (refused, reset, closed): it may be restarting."""
+        return cls(
+            f"The engine is not reachable ({exc.__class__.__name__}); it may be restarting. Retry shortly.",
+            headers={"Retry-After": "2"},
+        )
+
 
 class UpstreamError(APIError):
     """The engine answered with an error the gateway could not attribute to the request."""

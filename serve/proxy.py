@@ -61,10 +61,7 @@ class EngineClient:
                 # is read: one retry on a fresh connection. A second failure means the engine is really gone.
                 if attempt == 1:
                     continue
-                raise EngineUnavailableError(
-                    f"The engine is not reachable ({exc.__class__.__name__}); it may be restarting. Retry shortly.",
-                    headers={"Retry-After": "2"},
-                ) from None
+                raise EngineUnavailableError.unreachable(exc) from None
             except TimeoutError:
                 raise UpstreamError("The engine did not answer in time.", status=504, code="engine_timeout") from None
         if resp.status != 200:

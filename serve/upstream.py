@@ -42,6 +42,7 @@ class StreamConnection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.address: tuple[str, int, bool] | None = None  # (host, port, tls): its pool in UpstreamPool
         self.closed = False
         self.idle_since = time.monotonic()
         self._reset()
@@ -170,10 +171,7 @@ class UpstreamPool:
                 # A pooled connection the engine closed just as it was reused fails before any answer: retry once.
                 if reused and not connection.got_bytes and attempt == 1:
                     continue
-                raise EngineUnavailableError(
-                    f"The engine is not reachable ({exc.__class__.__name__}); it may be restarting. Retry shortly.",
-                    headers={"Retry-After": "2"},
-                ) from None
+                raise EngineUnavailableError.unreachable(exc) from None
             if status != 200:
                 try:
                     async with asyncio.timeout(30):
@@ -192,7 +190,7 @@ class UpstreamPool:
             return
         connection._reset()
         connection.idle_since = time.monotonic()
-        self._idle[_address(urlsplit(self.engine.base_url))].append(connection)
+        self._idle[connection.address].append(connection)  # type: ignore[index]
 
     async def _connection(self, key: tuple[str, int, bool], fresh: bool) -> tuple[StreamConnection, bool]:
         idle = self._idle[key]
@@ -210,10 +208,8 @@ class UpstreamPool:
                     StreamConnection, host, port, ssl=ssl.create_default_context() if tls else None
                 )
         except (OSError, TimeoutError) as exc:
-            raise EngineUnavailableError(
-                f"The engine is not reachable ({exc.__class__.__name__}); it may be restarting. Retry shortly.",
-                headers={"Retry-After": "2"},
-            ) from None
+            raise EngineUnavailableError.unreachable(exc) from None
+        connection.address = key
         return connection, False
 
 

@@ -307,7 +307,7 @@ class AdapterManager:
         checked_on = (result or {}).get("quantized", {}).get("weights_sha256")
         return {
             "ok": ok,
-            "passed": bool(result) and checked_on == served and result["agreement"] >= self.drift_threshold,
+            "passed": evaluate_drift_policy(result, self.drift_threshold, "refuse", served)[0],  # would refuse pass
             "policy": self.drift_policy,
             "threshold": self.drift_threshold,
             "agreement": (result or {}).get("agreement"),
