@@ -38,19 +38,25 @@ def make_peft_adapter(model_dir: Path, out_dir: Path, rank: int = 8, seed: int =
     return out_dir
 
 
-def peft_greedy(model_dir: Path, adapter_dir: Path | None, prompts: list[str], max_new_tokens: int = 8) -> list[str]:
-    """Greedy answers of transformers (+ peft when adapter_dir is given), text-only prompts."""
+def peft_greedy(model_dir: Path, adapter_dir: Path | None, prompts: list[str], max_new_tokens: int = 8,
+                image: Path | None = None) -> list[str]:  # fmt: skip
+    """Greedy answers of transformers (+ peft when adapter_dir is given); each prompt asked about `image` if given."""
     import torch
     from peft import PeftModel
+    from PIL import Image
 
     model, processor = load_base(model_dir)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, adapter_dir).eval()
     answers = []
     for prompt in prompts:
-        text = processor.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+        content = prompt if image is None else [{"type": "image"}, {"type": "text", "text": prompt}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                              tokenize=False)  # fmt: skip
-        inputs = processor.tokenizer(text, return_tensors="pt")
+        if image is None:
+            inputs = processor.tokenizer(text, return_tensors="pt")
+        else:
+            inputs = processor(text=[text], images=[Image.open(image).convert("RGB")], return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -58,6 +64,22 @@ def peft_greedy(model_dir: Path, adapter_dir: Path | None, prompts: list[str], m
         # back, transformers shows U+FFFD. Compare the complete characters.
         answers.append(text.rstrip("\ufffd"))
     return answers
+
+
+def make_answer_changing_adapter(model_dir: Path, out_dir: Path, prompt: str, image: Path | None = None,
+                                 seeds: range = range(16)) -> Path:  # fmt: skip
+    """A random-weight adapter that provably (by transformers + peft) changes the greedy answer to `prompt`.
+
+    How far a random adapter moves a confident model is luck of the seed: one seed may leave a given answer as it
+    was. Tests that show "the adapter answered, not the base" take the first seed that changes this very answer.
+    """
+    base = peft_greedy(model_dir, None, [prompt], image=image)
+    for seed in seeds:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        make_peft_adapter(model_dir, out_dir, seed=seed)
+        if peft_greedy(model_dir, out_dir, [prompt], image=image) != base:
+            return out_dir
+    raise AssertionError(f"no seed in {seeds} gives an adapter that changes the answer {base!r} to {prompt!r}")
 
 
 def write_raw_adapter(out_dir: Path, config: dict, tensors: dict[str, list[int]]) -> Path:

@@ -35,6 +35,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "-
 UI_START_TIMEOUT_S = 180.0
 STEP_TIMEOUT_MS = 180_000  # one answer on a contended CPU engine, generously
 ADAPTER = "ui-shapes"
+COMPARE_QUESTION = "What shape is in the image, and what colour?"
 MAX_TOKENS = 12
 
 
@@ -103,11 +104,12 @@ def page(browser, ui_url: str) -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(gateway: RunningGateway, adapter_store: Path) -> Iterator[Path]:
-    """A random-weight PEFT adapter for the served model, inside the gateway's adapter store (not yet registered)."""
-    from tests.adapter_factory import make_peft_adapter
+def adapter_dir(gateway: RunningGateway, adapter_store: Path, images: dict[str, Path]) -> Iterator[Path]:
+    """A random-weight PEFT adapter for the served model, inside the gateway's adapter store (not yet registered),
+    checked with transformers to change the greedy answer to the compare tab's question about the test image."""
+    from tests.adapter_factory import make_answer_changing_adapter
 
-    path = make_peft_adapter(gateway.model_dir, adapter_store / ADAPTER)
+    path = make_answer_changing_adapter(gateway.model_dir, adapter_store / ADAPTER, COMPARE_QUESTION, images["good"])
     yield path
     # Leave the shared gateway as we found it: other tests expect only the base in /v1/models.
     httpx.delete(f"{gateway.url}/v1/adapters/{ADAPTER}", timeout=60)
@@ -238,6 +240,7 @@ def test_chat_switches_to_the_adapter_and_compares_it_with_the_base(page, gatewa
     page.locator("#compare-image input[type=file]").set_input_files(str(images["good"]))
     page.wait_for_function("document.querySelector('#compare-image img') !== null", timeout=60_000)
     set_number(page, "temperature", 0)  # greedy on both sides: any difference is the adapter's doing
+    page.locator("#compare-question textarea").fill(COMPARE_QUESTION)
     pick(page, "compare-model-a", gateway.model)
     pick(page, "compare-model-b", ADAPTER)
     page.locator("#compare-run").click()
@@ -248,7 +251,7 @@ def test_chat_switches_to_the_adapter_and_compares_it_with_the_base(page, gatewa
     answer_b = page.locator("#compare-answer-b textarea").input_value()
     assert answer_a.strip()
     assert answer_b.strip()
-    assert answer_a != answer_b  # the random-weight adapter changes the greedy answer
+    assert answer_a != answer_b  # transformers+peft showed this adapter changes this greedy answer (fixture)
     assert f"model {ADAPTER}" in page.locator("#compare-stats-b").inner_text()
     page.screenshot(path=shots / "compare.png")
 
