@@ -8,6 +8,7 @@ Kept apart from the layout (ui/app.py) so that they can be tested with a stub ga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -121,14 +122,19 @@ class Handlers:
         answer = {"role": "assistant", "content": ""}
         shown = list(history)
         try:
-            async for item in self._ask(model, request, temperature, max_tokens, exact_tokens, api_key):
-                if isinstance(item, AnswerStats):
-                    shown = [*history, answer] if answer["content"] else list(history)
-                    yield [*shown, msgs.stats_note(item)]
-                    return
-                answer["content"] += item
-                shown = [*history, dict(answer)]
-                yield shown
+            # aclosing: when Gradio closes this generator (the stop button) while it waits at a `yield`, the HTTP
+            # stream is closed right here, not whenever the garbage collector finalizes the inner generator.
+            async with contextlib.aclosing(
+                self._ask(model, request, temperature, max_tokens, exact_tokens, api_key)
+            ) as stream:
+                async for item in stream:
+                    if isinstance(item, AnswerStats):
+                        shown = [*history, answer] if answer["content"] else list(history)
+                        yield [*shown, msgs.stats_note(item)]
+                        return
+                    answer["content"] += item
+                    shown = [*history, dict(answer)]
+                    yield shown
         except GatewayError as err:
             gr.Warning(err.readable())
             yield [*shown, msgs.error_note(err)]
@@ -239,8 +245,9 @@ async def merge_streams(streams: dict[str, AsyncIterator[Any]]) -> AsyncIterator
 
     async def pump(key: str, stream: AsyncIterator[Any]) -> None:
         try:
-            async for item in stream:
-                await queue.put((key, item))
+            async with contextlib.aclosing(stream):  # closes the HTTP stream however the pump ends
+                async for item in stream:
+                    await queue.put((key, item))
         except GatewayError as err:
             await queue.put((key, err))
         finally:

@@ -153,3 +153,29 @@ async def test_merge_streams_interleaves_and_yields_errors_per_stream() -> None:
     got = [item async for item in merge_streams({"a": numbers("a", 3), "b": numbers("b", 2)})]
     assert sorted(got) == [("a", "a0"), ("a", "a1"), ("a", "a2"), ("b", "b0"), ("b", "b1")]
     assert [v for k, v in got if k == "a"] == ["a0", "a1", "a2"]  # order within a stream kept
+
+
+async def test_stop_while_an_answer_is_shown_closes_the_http_stream_at_once() -> None:
+    # Gradio's stop button closes the handler's generator; it usually waits at a `yield` (the UI is drawing the
+    # last token). The HTTP stream must be closed right then: that is how the gateway learns to stop the engine.
+    closed: list[str] = []
+
+    async def answer(*_args: object):
+        try:
+            for word in ("one ", "two ", "three"):
+                yield word
+        finally:
+            closed.append("stream")
+
+    h = gateway({})
+    h._ask = answer
+    frames = h.respond([msgs.user_display_message("count", [])], "base", 0.0, 16)
+    assert (await anext(frames))[-1]["content"] == "one "
+    await frames.aclose()
+    assert closed == ["stream"]  # not left to the garbage collector's finalizer hook
+
+    closed.clear()
+    pairs = h.compare(None, "count", "base", "other", 0.0, 16)
+    await anext(pairs)
+    await pairs.aclose()
+    assert closed == ["stream", "stream"]
