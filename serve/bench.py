@@ -40,9 +40,11 @@ from vlmgate.serve.engines.process import free_port
 SERVED_NAME = "bench-model"
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
 
 
 def _wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float) -> None:
@@ -124,14 +126,16 @@ async def bench(args: argparse.Namespace, targets: dict[str, tuple[str, int | No
     order = sides + sides[::-1] if args.rounds == 2 else sides  # ABBA (or ABCCBA): drift hits every side alike
     for concurrency in args.concurrency:
         runs: dict[str, list[dict]] = {name: [] for name in sides}
-        cpu_s = dict.fromkeys(sides, 0.0)
+        cpu_s = {name: [0.0, 0.0] for name in sides}  # user, system
         served = dict.fromkeys(sides, 0)
         for name in order:
             url, pid = targets[name]
-            before = _cpu_seconds(pid) if pid else 0.0
+            before = _cpu_seconds(pid) if pid else (0.0, 0.0)
             summary = await _measure(url, concurrency, args)
             if pid:
-                cpu_s[name] += _cpu_seconds(pid) - before
+                after = _cpu_seconds(pid)
+                cpu_s[name][0] += after[0] - before[0]
+                cpu_s[name][1] += after[1] - before[1]
                 served[name] += summary["requests"]["total"] + 2  # + warm-up requests
             runs[name].append(summary)
         rows.append(_row(concurrency, runs, cpu_s, served))
@@ -150,7 +154,7 @@ def _mean(runs: list[dict], *path: str) -> float:
     return sum(values) / len(values)
 
 
-def _row(concurrency: int, runs: dict[str, list[dict]], cpu_s: dict[str, float], served: dict[str, int]) -> dict:
+def _row(concurrency: int, runs: dict[str, list[dict]], cpu_s: dict[str, list[float]], served: dict[str, int]) -> dict:
     d, g = runs["direct"], runs["gateway"]
     ttft = {f"{side}_{q}": _mean(r, "latency", "ttft_ms", q) for side, r in (("direct", d), ("gateway", g))
             for q in ("p50", "p99")}  # fmt: skip
@@ -165,13 +169,15 @@ def _row(concurrency: int, runs: dict[str, list[dict]], cpu_s: dict[str, float],
         "output_tokens_per_s_direct": tput_d,
         "output_tokens_per_s_gateway": tput_g,
         "throughput_ratio": tput_g / tput_d,
-        "gateway_cpu_ms_per_request": 1000 * cpu_s["gateway"] / max(served["gateway"], 1),
+        "gateway_cpu_ms_per_request": 1000 * sum(cpu_s["gateway"]) / max(served["gateway"], 1),
+        "gateway_system_cpu_ms_per_request": 1000 * cpu_s["gateway"][1] / max(served["gateway"], 1),  # kernel
     }
     if "relay" in runs:  # the floor: a bare TCP relay under the same load
         r = runs["relay"]
         row["ttft_p50_overhead_relay_ms"] = _mean(r, "latency", "ttft_ms", "p50") - ttft["direct_p50"]
         row["throughput_ratio_relay"] = _mean(r, "throughput", "output_tokens_per_s") / tput_d
-        row["relay_cpu_ms_per_request"] = 1000 * cpu_s["relay"] / max(served["relay"], 1)
+        row["relay_cpu_ms_per_request"] = 1000 * sum(cpu_s["relay"]) / max(served["relay"], 1)
+        row["relay_system_cpu_ms_per_request"] = 1000 * cpu_s["relay"][1] / max(served["relay"], 1)
     return row
 
 
@@ -182,8 +188,10 @@ def format_rows(rows: list[dict], header: bool = True) -> str:
             ("+ms", "ttft_p99_overhead_ms", "{:>6.1f}"), ("tok/s direct", "output_tokens_per_s_direct", "{:>12.0f}"),
             ("gateway", "output_tokens_per_s_gateway", "{:>8.0f}"), ("ratio", "throughput_ratio", "{:>6.3f}"),
             ("gw CPU ms/req", "gateway_cpu_ms_per_request", "{:>13.2f}"),
+            ("of it kernel", "gateway_system_cpu_ms_per_request", "{:>12.2f}"),
             ("relay +ms", "ttft_p50_overhead_relay_ms", "{:>9.1f}"), ("ratio", "throughput_ratio_relay", "{:>6.3f}"),
-            ("relay CPU ms/req", "relay_cpu_ms_per_request", "{:>16.2f}")]  # fmt: skip
+            ("relay CPU ms/req", "relay_cpu_ms_per_request", "{:>16.2f}"),
+            ("of it kernel", "relay_system_cpu_ms_per_request", "{:>12.2f}")]  # fmt: skip
     cols = [c for c in cols if all(c[1] in row for row in rows)]
     lines = ["  ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in cols)] if header else []
     lines += ["  ".join(fmt.format(row[key]) for _, key, fmt in cols) for row in rows]

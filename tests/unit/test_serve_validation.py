@@ -113,3 +113,21 @@ def test_damaged_png_data_is_refused() -> None:
     raw[idat + 40] ^= 0xFF  # one flipped byte inside the compressed pixels: the chunk's CRC no longer matches
     err = error_of(body(_data_url(bytes(raw), "PNG")))
     assert (err.status, err.code) == (400, "invalid_image")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b64: b64[:-1],  # length not a multiple of 4
+        lambda b64: b64[:40] + "\n" + b64[40:],  # a line break (MIME-style wrapping)
+        lambda b64: b64[:40] + " " + b64[40:],
+        lambda b64: b64[:40] + "é" + b64[41:],  # not ASCII
+        lambda b64: b64[:40] + "====" + b64[40:],  # padding in the middle
+        lambda b64: b64 + "=",  # excess padding
+    ],
+    ids=["length", "newline", "space", "non-ascii", "inner-padding", "excess-padding"],
+)
+def test_malformed_base64_is_refused_as_such(damage) -> None:
+    prefix, b64 = png().split(",", 1)
+    err = error_of(body(f"{prefix},{damage(b64)}"))
+    assert (err.status, err.code) == (400, "invalid_base64")
