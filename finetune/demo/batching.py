@@ -173,3 +173,35 @@ class AuxHeads(torch.nn.Module):
         acc = {name: (lg.argmax(-1) == aux[name]).float().mean().item() for name, lg in by_max.items()}
         acc["cells"] = ((cells > 0) == aux["cells"].bool()).all(1).float().mean().item()
         return loss, acc
+
+
+class SummaryHeads(torch.nn.Module):
+    """Throwaway probes on the language model's hidden state at <|vision_end|>, a few layers up.
+
+    Where a shape sits is known to the language model only through M-RoPE: an attention score depends on the
+    offset between two tokens. From an answer position that offset changes with the question's length, so reading
+    "top left" from there has to be learned for every phrasing. <|vision_end|> sits at one fixed offset from every
+    image token: these heads make it gather colour, shape, count and the occupied cells into its hidden state,
+    where any later token finds them by content, whatever the phrasing."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.classes = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in AuxHeads.POOLED.items()})
+        self.cells = torch.nn.Linear(dim, GRID * GRID)
+        self.rows_cols = torch.nn.Linear(dim, 2 * GRID)  # occupied rows, occupied columns
+
+    def loss(self, summary: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """summary: (B, dim), the hidden state at <|vision_end|>. Returns the loss and per-head accuracy.
+
+        Rows and columns are asked for on their own too: M-RoPE rotates rows and columns in separate frequency
+        bands, so an attention head can pick out a row (or a column) alone, and these targets reward that first."""
+        logits = {name: head(summary) for name, head in self.classes.items()}
+        cells = self.cells(summary)
+        grid = aux["cells"].view(-1, GRID, GRID)
+        rows_cols = torch.cat([grid.amax(2), grid.amax(1)], dim=1)
+        loss = sum(F.cross_entropy(lg, aux[name]) for name, lg in logits.items())
+        loss = loss + F.binary_cross_entropy_with_logits(cells, aux["cells"])
+        loss = loss + F.binary_cross_entropy_with_logits(self.rows_cols(summary), rows_cols)
+        acc = {name: (lg.argmax(-1) == aux[name]).float().mean().item() for name, lg in logits.items()}
+        acc["cells"] = ((cells > 0) == aux["cells"].bool()).all(1).float().mean().item()
+        return loss, acc

@@ -9,7 +9,11 @@ Two stages, following what worked on these CPUs (see FEASIBILITY.md):
            token carries them and the language model can read them with one uniform attention), occupied 3x3
            cells from the flattened tokens, and per-token "a shape's centre is here" flags (counting).
   stage 1  the whole model on question answering, loss only on the answer and its <|im_end|>, with the
-           stage-0 heads kept as an auxiliary loss.
+           stage-0 heads kept as an auxiliary loss, and summary heads on the language model's state at
+           <|vision_end|> (layer 2): colour, shape, count, occupied cells, rows and columns. That token sits at
+           one fixed M-RoPE offset from every image token, so it can learn where shapes are once; an answer
+           token's offset to the image changes with the question's length. Without them held-out position
+           stayed at 0.42 in the time budget; with them it reaches 0.97.
 Text M-RoPE uses rope_theta 10 and mrope_section [2, 10, 20]: at the default 1e4 the columns of a 4x4 token
 grid are nearly indistinguishable and "where is it?" stays at chance. Images come from a pre-rendered pool
 (plus left-right mirroring) because drawing them costs as much CPU as a training step; questions are fresh
@@ -30,7 +34,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from tqdm import tqdm
 
-from vlmgate.finetune.demo.batching import AuxHeads, PromptEncoder, batch_vision_attention, collate
+from vlmgate.finetune.demo.batching import AuxHeads, PromptEncoder, SummaryHeads, batch_vision_attention, collate
 from vlmgate.finetune.demo.questions import KINDS, ask, tokenizer_corpus
 from vlmgate.finetune.demo.shapes import MAX_COUNT, mirror, render, sample_scene
 from vlmgate.finetune.tiny_vlm import TinyVLMConfig, build_tiny_vlm
@@ -53,15 +57,17 @@ class DemoTrainConfig:
 
     seed: int = 0  # seeds weights, scene pool and question sampling
     pool_size: int = 8000  # distinct training images (mirroring doubles them)
-    stage0_steps: int = 1300  # vision-only alignment steps (shape is the slow one: ~0.9 after 1000)
+    stage0_steps: int = 1000  # vision-only alignment steps (shape is the slow one: ~0.9 after 1000)
     stage0_batch: int = 48
     stage0_lr: float = 4e-3
-    stage1_steps: int = 850  # full-model question-answering steps
+    stage1_steps: int = 1100  # full-model question-answering steps
     stage1_batch: int = 32
     lr_lm: float = 2e-3  # language model (random init, so a high rate)
     lr_vision: float = 5e-4  # vision tower (already aligned in stage 0)
     lr_merger: float = 1e-3
     aux_weight: float = 0.3  # weight of the stage-0 heads' loss during stage 1
+    summary_layer: int = 2  # text layer whose <|vision_end|> state the summary heads read (0: no summary heads)
+    summary_weight: float = 1.0  # weight of the summary heads' loss during stage 1
     warmup_steps: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -125,20 +131,28 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * 0.95 + 0.05
 
 
-def answer_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Language-model loss on answer tokens only; also the merged image tokens (for the aux heads) and exact
-    match per example. The output layer runs only at answer positions (most of the sequence is prompt)."""
+def answer_loss(
+    model, batch, summary_layer: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Language-model loss on answer tokens only; also the merged image tokens (for the aux heads), exact match per
+    example and, if summary_layer, that layer's hidden state at <|vision_end|> (B, hidden). The output layer runs
+    only at answer positions (most of the sequence is prompt)."""
     inputs = batch.inputs
     vision = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
     merged = torch.stack(vision.pooler_output)  # (B, image tokens, hidden)
     rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
-    hidden = model.model(**rest, mm_encoder_outputs={"image": vision}).last_hidden_state
+    out = model.model(**rest, mm_encoder_outputs={"image": vision}, output_hidden_states=bool(summary_layer))
+    hidden = out.last_hidden_state
+    summary = None
+    if summary_layer:
+        at_end = inputs["input_ids"] == model.config.vision_end_token_id  # one per example
+        summary = out.hidden_states[summary_layer][at_end]
     target = batch.labels[:, 1:]
     where = target != -100
     logits = model.lm_head(hidden[:, :-1][where])
     loss = F.cross_entropy(logits, target[where])
     misses = torch.zeros(len(target)).index_add_(0, where.nonzero()[:, 0], (logits.argmax(-1) != target[where]).float())
-    return loss, merged, misses == 0
+    return loss, merged, misses == 0, summary
 
 
 def match_examples(model, encoder, examples, images, batch_size: int = 64) -> list[bool]:
@@ -183,6 +197,7 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     image_tokens = 16
     encoder = PromptEncoder(tokenizer, image_tokens)
     heads = AuxHeads(cfg.model.hidden_size, image_tokens)
+    summary_heads = SummaryHeads(cfg.model.hidden_size)
     pool = ScenePool(cfg.pool_size, cfg.seed)
     eval_examples, eval_images = heldout_set(
         cfg.eval_per_kind, style="train", phrasing="train", seed=cfg.seed + 7, kinds=cfg.kinds
@@ -219,6 +234,7 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
         {"params": list(visual.blocks.parameters()) + list(visual.patch_embed.parameters()), "lr": cfg.lr_vision},
         {"params": list(visual.merger.parameters()), "lr": cfg.lr_merger},
         {"params": list(heads.parameters()), "lr": cfg.lr_merger},
+        {"params": list(summary_heads.parameters()), "lr": cfg.lr_lm},
     ]
     for g in groups:
         g["base_lr"] = g["lr"]
@@ -230,15 +246,20 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
             g["lr"] = g["base_lr"] * _schedule(step, cfg.stage1_steps, cfg.warmup_steps)
         examples, images = pool.sample(rng, cfg.stage1_batch, cfg.kinds)
         batch = collate(encoder, examples, images)
-        lm_loss, merged, match = answer_loss(model, batch)
+        lm_loss, merged, match, summary = answer_loss(model, batch, cfg.summary_layer)
         aux_loss, _ = heads.loss(merged, batch.aux)
         loss = lm_loss + cfg.aux_weight * aux_loss
+        summary_acc: dict[str, float] = {}
+        if summary is not None:
+            summary_loss, summary_acc = summary_heads.loss(summary, batch.aux)
+            loss = loss + cfg.summary_weight * summary_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
         opt.step()
         if step % 20 == 0:
-            history["stage1"].append({"step": step, "loss": lm_loss.item(), "train_em": match.float().mean().item()})
+            history["stage1"].append({"step": step, "loss": lm_loss.item(), "train_em": match.float().mean().item(),
+                                      **{f"summary_{k}": v for k, v in summary_acc.items()}})  # fmt: skip
         if (step + 1) % cfg.eval_every == 0 or step == cfg.stage1_steps - 1:
             scores = evaluate_examples(model, encoder, eval_examples, eval_images)
             # The 1-minute load average says how contended the CPU was (the box may be shared).

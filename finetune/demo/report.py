@@ -102,7 +102,10 @@ as JSONL in the project's chat format.
 - Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
   {cfg["lr_vision"]} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}): whole model on
   question answering, loss only on the answer and `<|im_end|>`, stage-0 heads kept as an auxiliary loss
-  (weight {cfg["aux_weight"]}).
+  (weight {cfg["aux_weight"]}), and summary heads (weight {cfg.get("summary_weight", 0)}) on the language model's
+  hidden state at `<|vision_end|>` after text layer {cfg.get("summary_layer", 0)}: colour, shape, count, occupied
+  cells, rows and columns. `<|vision_end|>` sits at one fixed M-RoPE offset from every image token, so it can learn
+  once where the shapes are; an answer token's offset to the image changes with the question's length.
 - Precision: trained in fp32; shipped weights in {meta["dtype"]} ({size_mb:.1f} MB directory).
 
 ![training](training.png)
