@@ -164,6 +164,19 @@ def disconnected_requests(gateway: RunningGateway) -> int:
     return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines if 'status="499"' in line)
 
 
+def request_counts(gateway: RunningGateway) -> list[str]:
+    """The gateway's request counters (model, adapter, status): what became of each request."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    return [line for line in text.splitlines() if line.startswith("vlmgate_requests_total{")]
+
+
+def in_flight(gateway: RunningGateway) -> int:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    return int(
+        float(next(line for line in text.splitlines() if line.startswith("vlmgate_requests_in_flight ")).split()[1])
+    )
+
+
 def stats_titles(page) -> list[str]:
     return [t for t in page.evaluate(BOT_TEXTS_JS) if "TTFT" in t]
 
@@ -278,14 +291,23 @@ def test_stop_button_abandons_the_request_at_the_gateway(page, gateway: RunningG
     before = disconnected_requests(gateway)
     set_number(page, "max-tokens", 1500)
     page.locator("#exact-tokens input").check()  # no early end of sequence: the answer is still running at Stop
+    # Both settings must have reached the app before the question leaves (else the demo model's short natural
+    # answer ends before Stop can abandon it).
+    page.wait_for_function(
+        "document.querySelector('#max-tokens input[type=number]').value === '1500'"
+        " && document.querySelector('#exact-tokens input').checked"
+    )
+    page.locator("#chat-input textarea").click()  # takes the focus off the settings, committing them
     send_chat(page, "Count from one to a thousand.")
     page.wait_for_function(f"({BOT_TEXTS_JS})().some(t => t.trim().length > 0)")
+    running = in_flight(gateway)
     page.locator("#chat-stop").click()
+    assert running == 1, "the answer was no longer streaming when Stop was clicked: nothing left to abandon"
     # The UI closed its stream: the gateway records a client disconnect (and stops the engine's generation).
     deadline = time.monotonic() + 120
     while disconnected_requests(gateway) == before and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert disconnected_requests(gateway) == before + 1, (page.evaluate(BOT_TEXTS_JS), gateway.log_tail(20))
+    assert disconnected_requests(gateway) == before + 1, (page.evaluate(BOT_TEXTS_JS), request_counts(gateway))
     # The partial answer stays; no timing note, since the answer never finished.
     texts = page.evaluate(BOT_TEXTS_JS)
     assert texts[0].strip()
