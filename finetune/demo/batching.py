@@ -144,6 +144,17 @@ def batch_vision_attention(model) -> None:
             module.forward = types.MethodType(forward, module)
 
 
+def probe_loss(logits: dict[str, torch.Tensor], cells: torch.Tensor, aux: dict[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """Loss and training accuracy of class probes (colour, shape, count: cross-entropy) plus an occupied-cells
+    probe (multi-label, right only when all 9 cells are), the part AuxHeads and SummaryHeads share."""
+    loss = sum(F.cross_entropy(lg, aux[name]) for name, lg in logits.items())
+    loss = loss + F.binary_cross_entropy_with_logits(cells, aux["cells"])
+    acc = {name: (lg.argmax(-1) == aux[name]).float().mean().item() for name, lg in logits.items()}
+    acc["cells"] = ((cells > 0) == aux["cells"].bool()).all(1).float().mean().item()
+    return loss, acc
+
+
 class AuxHeads(torch.nn.Module):
     """Throwaway linear probes on the merger output that teach the vision side what the questions will need.
 
@@ -165,14 +176,10 @@ class AuxHeads(torch.nn.Module):
         """merged: (B, n_tokens, dim). Returns the summed loss and per-head training accuracy (max-pooled)."""
         by_max = {name: head(merged.amax(1)) for name, head in self.max_heads.items()}
         by_mean = {name: head(merged.mean(1)) for name, head in self.mean_heads.items()}
-        loss = sum(F.cross_entropy(lg, aux[name]) for logits in (by_max, by_mean) for name, lg in logits.items())
-        cells = self.cells(merged.flatten(1))
+        loss, acc = probe_loss(by_max, self.cells(merged.flatten(1)), aux)
+        loss = loss + sum(F.cross_entropy(lg, aux[name]) for name, lg in by_mean.items())
         tokens = self.tokens(merged).squeeze(-1)
-        loss = loss + F.binary_cross_entropy_with_logits(cells, aux["cells"])
-        loss = loss + F.binary_cross_entropy_with_logits(tokens, aux["tokens"])
-        acc = {name: (lg.argmax(-1) == aux[name]).float().mean().item() for name, lg in by_max.items()}
-        acc["cells"] = ((cells > 0) == aux["cells"].bool()).all(1).float().mean().item()
-        return loss, acc
+        return loss + F.binary_cross_entropy_with_logits(tokens, aux["tokens"]), acc
 
 
 class SummaryHeads(torch.nn.Module):
@@ -196,12 +203,7 @@ class SummaryHeads(torch.nn.Module):
         Rows and columns are asked for on their own too: M-RoPE rotates rows and columns in separate frequency
         bands, so an attention head can pick out a row (or a column) alone, and these targets reward that first."""
         logits = {name: head(summary) for name, head in self.classes.items()}
-        cells = self.cells(summary)
+        loss, acc = probe_loss(logits, self.cells(summary), aux)
         grid = aux["cells"].view(-1, GRID, GRID)
         rows_cols = torch.cat([grid.amax(2), grid.amax(1)], dim=1)
-        loss = sum(F.cross_entropy(lg, aux[name]) for name, lg in logits.items())
-        loss = loss + F.binary_cross_entropy_with_logits(cells, aux["cells"])
-        loss = loss + F.binary_cross_entropy_with_logits(self.rows_cols(summary), rows_cols)
-        acc = {name: (lg.argmax(-1) == aux[name]).float().mean().item() for name, lg in logits.items()}
-        acc["cells"] = ((cells > 0) == aux["cells"].bool()).all(1).float().mean().item()
-        return loss, acc
+        return loss + F.binary_cross_entropy_with_logits(self.rows_cols(summary), rows_cols), acc

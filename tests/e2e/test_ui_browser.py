@@ -157,24 +157,24 @@ def set_number(page, elem_id: str, value: float) -> None:
     field.press("Enter")
 
 
-def disconnected_requests(gateway: RunningGateway) -> int:
-    """Chat requests the gateway saw the client abandon (status 499, any model or adapter), from its metrics."""
+def metric_lines(gateway: RunningGateway, prefix: str) -> list[str]:
     text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
-    lines = [line for line in text.splitlines() if line.startswith("vlmgate_requests_total{")]
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines if 'status="499"' in line)
+    return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
 def request_counts(gateway: RunningGateway) -> list[str]:
     """The gateway's request counters (model, adapter, status): what became of each request."""
-    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
-    return [line for line in text.splitlines() if line.startswith("vlmgate_requests_total{")]
+    return metric_lines(gateway, "vlmgate_requests_total{")
+
+
+def disconnected_requests(gateway: RunningGateway) -> int:
+    """Chat requests the gateway saw the client abandon (status 499, any model or adapter), from its metrics."""
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in request_counts(gateway) if 'status="499"' in line)
 
 
 def in_flight(gateway: RunningGateway) -> int:
-    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
-    return int(
-        float(next(line for line in text.splitlines() if line.startswith("vlmgate_requests_in_flight ")).split()[1])
-    )
+    (line,) = metric_lines(gateway, "vlmgate_requests_in_flight ")
+    return int(float(line.split()[1]))
 
 
 def stats_titles(page) -> list[str]:
