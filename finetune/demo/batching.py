@@ -3,8 +3,9 @@
 Training runs thousands of small steps on two CPU cores, so per-example overhead matters. The demo images all
 have one size, so their pixel patches are a fixed reshape of the pixels, and the chat template is a fixed
 string around the question; this module does both directly (tests prove the result equals
-`AutoProcessor(...)` on the same conversation, token for token and pixel for pixel). It also holds the one
-training-only speed-up of the model itself: batched vision attention (`batch_vision_attention`).
+`AutoProcessor(...)` on the same conversation, token for token and pixel for pixel). It also holds the
+training-only speed-ups of the model itself (`speed_up_vision`: batched vision attention, and the patch embedding
+as one matrix product instead of a 3-D convolution).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Batch:
     inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw
     labels: torch.Tensor  # (B, L), -100 except on the answer tokens and the closing <|im_end|>
     kinds: list[str]
-    aux: dict[str, torch.Tensor]  # colour, shape, count (class ids), cells (B, 9 multi-hot), tokens (B, n_tok)
+    aux: dict[str, torch.Tensor]  # colour, shape, count (class ids), cells (B, 9 multi-hot), tokens, mass (B, n_tok)
 
 
 class PromptEncoder:
@@ -70,21 +71,40 @@ class PromptEncoder:
         return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
+def token_mass(centre: tuple[float, float], size: float) -> np.ndarray:
+    """Share of one shape (its bounding box) that falls in each merged image token, row-major; sums to 1.
+
+    A shape in the middle row or column straddles two tokens (the middle cell's centre is a token border), so
+    "which token holds its centre" is a knife-edge call; these shares split it smoothly, and their sum over the
+    image is the count whatever the split."""
+    side, token = IMAGE_SIZE // (PATCH * MERGE), PATCH * MERGE
+    edges = np.arange(side + 1) * token
+
+    def overlap(c: float) -> np.ndarray:
+        lo, hi = c - size / 2, c + size / 2
+        return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None) / size
+
+    return np.outer(overlap(centre[1]), overlap(centre[0])).ravel()
+
+
 def aux_targets(examples: list[Example]) -> dict[str, torch.Tensor]:
-    """Labels for the auxiliary vision heads: colour, shape, count, occupied cells, and per-token centres."""
+    """Labels for the auxiliary vision heads: colour, shape, count, occupied cells, per-token centres and shape mass."""
     side = IMAGE_SIZE // (PATCH * MERGE)  # merged tokens per side (4)
     cells = torch.zeros(len(examples), GRID * GRID)
     tokens = torch.zeros(len(examples), side * side)
+    mass = np.zeros((len(examples), side * side), dtype=np.float32)
     for i, ex in enumerate(examples):
-        for cell, (cx, cy) in zip(ex.scene.cells, ex.scene.centres, strict=True):
+        for cell, (cx, cy), size in zip(ex.scene.cells, ex.scene.centres, ex.scene.sizes, strict=True):
             cells[i, cell] = 1
             tokens[i, min(int(cy) // (PATCH * MERGE), side - 1) * side + min(int(cx) // (PATCH * MERGE), side - 1)] = 1
+            mass[i] += token_mass((cx, cy), size)
     return {
         "colour": torch.tensor([list(COLOURS).index(ex.scene.colour) for ex in examples]),
         "shape": torch.tensor([SHAPES.index(ex.scene.shape) for ex in examples]),
         "count": torch.tensor([ex.scene.count - 1 for ex in examples]),
         "cells": cells,
         "tokens": tokens,
+        "mass": torch.from_numpy(mass),
     }
 
 
@@ -121,14 +141,17 @@ def exact_match(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return hit.all(dim=1)
 
 
-def batch_vision_attention(model) -> None:
-    """Run the vision tower's attention for all same-size images at once (one SDPA call, not one per image).
+def speed_up_vision(model) -> None:
+    """Two exact rewrites of the vision tower for CPU training (same outputs and gradients, tested):
 
-    transformers' non-flash path loops over images; with equal lengths a batched call computes the same thing
-    (block-diagonal attention) much faster on a CPU. Falls back to the original for mixed sizes."""
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import VisionAttention, apply_rotary_pos_emb_vision
+    - attention for all same-size images at once (one SDPA call, not one per image): transformers' non-flash
+      path loops over images; with equal lengths a batched call computes the same thing (block-diagonal
+      attention). Falls back to the original for mixed sizes.
+    - the patch embedding as one matrix product: it is a Conv3d whose kernel equals its stride and input, and
+      oneDNN's 3-D convolution (forward and backward) took a third of a vision-only training step on CPU."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import PatchEmbed, VisionAttention, apply_rotary_pos_emb_vision
 
-    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+    def attention(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         if lengths.numel() < 2 or bool((lengths != lengths[0]).any()):
             return VisionAttention.forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
@@ -139,9 +162,15 @@ def batch_vision_attention(model) -> None:
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
         return self.proj(out.transpose(1, 2).reshape(total, -1))
 
+    def patch_embed(self, hidden_states):
+        weight = self.proj.weight
+        return F.linear(hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype), weight.flatten(1))
+
     for module in model.modules():
         if isinstance(module, VisionAttention):
-            module.forward = types.MethodType(forward, module)
+            module.forward = types.MethodType(attention, module)
+        elif isinstance(module, PatchEmbed) and module.proj.bias is None:
+            module.forward = types.MethodType(patch_embed, module)
 
 
 def probe_loss(logits: dict[str, torch.Tensor], cells: torch.Tensor, aux: dict[str, torch.Tensor]
@@ -165,12 +194,16 @@ class AuxHeads(torch.nn.Module):
 
     POOLED = {"colour": len(COLOURS), "shape": len(SHAPES), "count": 4}
 
-    def __init__(self, dim: int, n_tokens: int) -> None:
+    def __init__(self, dim: int, n_tokens: int, mass_weight: float = 0.0) -> None:
         super().__init__()
+        self.mass_weight = mass_weight
         self.max_heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in self.POOLED.items()})
         self.mean_heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in self.POOLED.items()})
         self.cells = torch.nn.Linear(dim * n_tokens, GRID * GRID)
         self.tokens = torch.nn.Linear(dim, 1)
+        # Per-token shape mass (see token_mass): summed over the image it is the count, so a language model can
+        # count with one uniform attention over the image tokens.
+        self.mass = torch.nn.Linear(dim, 1) if mass_weight else None
 
     def loss(self, merged: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """merged: (B, n_tokens, dim). Returns the summed loss and per-head training accuracy (max-pooled)."""
@@ -179,7 +212,12 @@ class AuxHeads(torch.nn.Module):
         loss, acc = probe_loss(by_max, self.cells(merged.flatten(1)), aux)
         loss = loss + sum(F.cross_entropy(lg, aux[name]) for name, lg in by_mean.items())
         tokens = self.tokens(merged).squeeze(-1)
-        return loss + F.binary_cross_entropy_with_logits(tokens, aux["tokens"]), acc
+        loss = loss + F.binary_cross_entropy_with_logits(tokens, aux["tokens"])
+        if self.mass is not None:
+            mass = self.mass(merged).squeeze(-1)
+            loss = loss + self.mass_weight * F.mse_loss(mass, aux["mass"], reduction="sum") / len(mass)
+            acc["mass_count"] = (mass.sum(1).round() == aux["count"] + 1).float().mean().item()
+        return loss, acc
 
 
 class SummaryHeads(torch.nn.Module):

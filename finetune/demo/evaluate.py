@@ -41,10 +41,10 @@ def load(model_dir: str | Path):
     import torch
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from vlmgate.finetune.demo.batching import batch_vision_attention
+    from vlmgate.finetune.demo.batching import speed_up_vision
 
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    batch_vision_attention(model)
+    speed_up_vision(model)
     processor = AutoProcessor.from_pretrained(model_dir)
     return model, processor
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from tqdm import tqdm
 
-from vlmgate.finetune.demo.batching import AuxHeads, PromptEncoder, SummaryHeads, batch_vision_attention, collate
+from vlmgate.finetune.demo.batching import AuxHeads, PromptEncoder, SummaryHeads, collate, speed_up_vision
 from vlmgate.finetune.demo.questions import KINDS, ask, tokenizer_corpus
 from vlmgate.finetune.demo.shapes import MAX_COUNT, mirror, render, sample_scene
 from vlmgate.finetune.tiny_vlm import TinyVLMConfig, build_tiny_vlm
@@ -66,6 +66,7 @@ class DemoTrainConfig:
     lr_vision: float = 5e-4  # vision tower (already aligned in stage 0)
     lr_merger: float = 1e-3
     aux_weight: float = 0.3  # weight of the stage-0 heads' loss during stage 1
+    mass_weight: float = 0.0  # weight of the per-token shape-mass head among the stage-0 heads (0: no such head)
     summary_layer: int = 2  # text layer whose <|vision_end|> state the summary heads read (0: no summary heads)
     summary_weight: float = 1.0  # weight of the summary heads' loss during stage 1
     warmup_steps: int = 50
@@ -192,11 +193,11 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     build_tiny_vlm(out, cfg.model, extra_corpus=tokenizer_corpus())
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = Qwen2VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
-    batch_vision_attention(model)
+    speed_up_vision(model)
     model.train()
     image_tokens = 16
     encoder = PromptEncoder(tokenizer, image_tokens)
-    heads = AuxHeads(cfg.model.hidden_size, image_tokens)
+    heads = AuxHeads(cfg.model.hidden_size, image_tokens, cfg.mass_weight)
     summary_heads = SummaryHeads(cfg.model.hidden_size)
     pool = ScenePool(cfg.pool_size, cfg.seed)
     eval_examples, eval_images = heldout_set(

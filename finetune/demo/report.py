@@ -98,7 +98,7 @@ as JSONL in the project's chat format.
   Text M-RoPE: rope_theta {cfg["model"]["rope_theta"]:g}, mrope_section {cfg["model"]["mrope_section"]}.
 - Stage 0 ({cfg["stage0_steps"]} steps, batch {cfg["stage0_batch"]}, lr {cfg["stage0_lr"]}): vision tower + merger
   alone with linear heads on the merged tokens: colour, shape, count (max- and mean-pooled), occupied cells (flattened),
-  shape-centre flags per token.
+  shape-centre flags per token{_mass_text(cfg)}.
 - Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
   {cfg["lr_vision"]} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}): whole model on
   question answering, loss only on the answer and `<|im_end|>`, stage-0 heads kept as an auxiliary loss
@@ -132,6 +132,16 @@ periodic evaluation included) on {meta["machine"]}, with {cfg["threads"]} torch 
 """
     Path(path).write_text(text)
     return Path(path)
+
+
+def _mass_text(cfg: dict) -> str:
+    if not cfg.get("mass_weight"):
+        return ""
+    return (
+        f", and each token's share of every shape's area (regression, weight {cfg['mass_weight']}): summed over the"
+        " image it is the count, however a shape straddles tokens, so the language model can count with one uniform"
+        " attention"
+    )
 
 
 def _contention(history: dict) -> str:

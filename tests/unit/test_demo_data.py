@@ -104,6 +104,21 @@ def test_unseen_phrasings_never_reach_training() -> None:
     assert not train_questions & unseen_questions
 
 
+def test_token_mass_splits_each_shape_over_the_tokens_it_covers_and_sums_to_the_count() -> None:
+    from vlmgate.finetune.demo.batching import aux_targets, token_mass
+
+    straddling = token_mass((56.0, 20.0), 20).reshape(4, 4)  # the middle column's centre is a token border
+    assert straddling[0, 1] == pytest.approx(straddling[0, 2])
+    assert straddling[0, 1] > 0.4
+    assert straddling.sum() == pytest.approx(1.0)
+    inside = token_mass((14.0, 14.0), 14).reshape(4, 4)
+    assert inside[0, 0] == pytest.approx(1.0)
+    rng = np.random.default_rng(3)
+    examples = [sample_example(rng, "count") for _ in range(50)]
+    mass = aux_targets(examples)["mass"]
+    assert np.allclose(mass.sum(1).numpy(), [ex.scene.count for ex in examples], atol=1e-4)
+
+
 def test_fast_batches_equal_the_processor(tiny_model_dir: Path) -> None:
     """Training builds tokens and pixels by hand; they must be exactly what the processor makes."""
     import torch
@@ -132,18 +147,27 @@ def test_fast_batches_equal_the_processor(tiny_model_dir: Path) -> None:
         assert grid.tolist() == ref["image_grid_thw"].tolist()
 
 
-def test_batched_vision_attention_matches_the_reference(tiny_model_dir: Path) -> None:
+def test_sped_up_vision_tower_matches_the_reference_outputs_and_gradients(tiny_model_dir: Path) -> None:
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from vlmgate.finetune.demo.batching import batch_vision_attention, patchify
+    from vlmgate.finetune.demo.batching import patchify, speed_up_vision
 
-    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    visual = model.model.visual
     rng = np.random.default_rng(5)
     images = np.stack([np.asarray(render(sample_scene(rng))) for _ in range(3)])
     pixels, grid = patchify(images)
-    with torch.no_grad():
-        reference = model.model.visual(pixels, grid_thw=grid).pooler_output
-        batch_vision_attention(model)
-        batched = model.model.visual(pixels, grid_thw=grid).pooler_output
-    assert torch.allclose(reference, batched, atol=1e-5)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        visual.zero_grad()
+        out = visual(pixels, grid_thw=grid).pooler_output
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        return out.detach(), visual.patch_embed.proj.weight.grad.clone(), visual.blocks[0].attn.qkv.weight.grad.clone()
+
+    reference = run()
+    speed_up_vision(model)
+    sped_up = run()
+    for ref, new in zip(reference, sped_up, strict=True):
+        assert torch.allclose(ref, new, atol=1e-5, rtol=1e-4)
+    assert reference[1].abs().sum() > 0  # the patch embedding does get a gradient
