@@ -67,6 +67,7 @@ def write_model_card(path: str | Path, model_dir: str | Path, history: dict, rep
     params, size_mb = _size(model_dir)
     t = history["timing_s"]
     gen = report.get("generate_check", {})
+    averaging = _weights_text(history)
     text = f"""# vlmgate-demo: a tiny VLM that really sees
 
 The model `vlmgate serve` serves by default (model id `vlmgate-demo`): a {params / 1e6:.2f} M-parameter
@@ -105,7 +106,7 @@ as JSONL in the project's chat format.
   (weight {cfg["aux_weight"]}), and summary heads (weight {cfg.get("summary_weight", 0)}) on the language model's
   hidden state at `<|vision_end|>` after text layer {cfg.get("summary_layer", 0)}: colour, shape, count, occupied
   cells, rows and columns. `<|vision_end|>` sits at one fixed M-RoPE offset from every image token, so it can learn
-  once where the shapes are; an answer token's offset to the image changes with the question's length.
+  once where the shapes are; an answer token's offset to the image changes with the question's length.{averaging}
 - Precision: trained in fp32; shipped weights in {meta["dtype"]} ({size_mb:.1f} MB directory).
 
 ![training](training.png)
@@ -132,6 +133,19 @@ periodic evaluation included) on {meta["machine"]}, with {cfg["threads"]} torch 
 """
     Path(path).write_text(text)
     return Path(path)
+
+
+def _weights_text(history: dict) -> str:
+    weights = history.get("weights")
+    if not weights:
+        return ""
+    cfg = history["config"]
+    return (
+        f"\n- Weight averaging: from {cfg['ema_start']:.0%} of stage 1 on, an exponential moving average of the weights"
+        f" (decay {cfg['ema_decay']}); at the end a validation set of its own ({cfg['validation_per_kind']} per kind)"
+        f" scored the raw weights {weights['raw']:.3f} and the averaged ones {weights['averaged']:.3f}, and the"
+        f" {weights['kept']} ones were kept."
+    )
 
 
 def _mass_text(cfg: dict) -> str:

@@ -17,7 +17,7 @@ def test_short_training_learns(tmp_path: Path) -> None:
     # and few steps; the full recipe is the same code path with more steps and all kinds.
     cfg = DemoTrainConfig(
         pool_size=300, stage0_steps=60, stage0_batch=48, stage1_steps=80, stage1_batch=32, eval_every=40,
-        eval_per_kind=24, warmup_steps=10, kinds=["colour", "count"],
+        eval_per_kind=24, validation_per_kind=24, warmup_steps=10, kinds=["colour", "count"],
     )  # fmt: skip
     history = train(cfg, tmp_path / "model", log=lambda _: None)
 
@@ -29,3 +29,6 @@ def test_short_training_learns(tmp_path: Path) -> None:
     last = history["eval"][-1]
     assert last["colour"] >= 0.5  # chance: 1/6
     assert (tmp_path / "model" / "model.safetensors").is_file()
+    # The end keeps whichever of the raw and the averaged weights validates better.
+    weights = history["weights"]
+    assert weights[weights["kept"]] == max(weights["raw"], weights["averaged"])

@@ -171,3 +171,22 @@ def test_sped_up_vision_tower_matches_the_reference_outputs_and_gradients(tiny_m
     for ref, new in zip(reference, sped_up, strict=True):
         assert torch.allclose(ref, new, atol=1e-5, rtol=1e-4)
     assert reference[1].abs().sum() > 0  # the patch embedding does get a gradient
+
+
+def test_weight_average_follows_the_weights_and_swaps_back_and_forth() -> None:
+    import torch
+
+    from vlmgate.finetune.demo.recipe import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average.update(model, decay=0.9)
+    assert torch.allclose(average.weights["weight"], torch.full((2, 3), 0.1))
+    average.swap(model)
+    assert torch.allclose(model.weight, torch.full((2, 3), 0.1))
+    average.swap(model)
+    assert torch.allclose(model.weight, torch.ones(2, 3))
