@@ -66,6 +66,38 @@ def peft_greedy(model_dir: Path, adapter_dir: Path | None, prompts: list[str], m
     return answers
 
 
+def peft_decisive_prefixes(model_dir: Path, adapter_dir: Path, prompts: list[str], min_margin: float = 0.2,
+                           max_new_tokens: int = 8) -> list[str]:  # fmt: skip
+    """For each prompt, the part of transformers + peft's greedy answer decided by a clear margin: the tokens
+    up to the first step whose top two log-probabilities are within `min_margin` nats.
+
+    A random-weight adapter makes a tiny model's distribution flat, and at a near-tie bf16 rounding picks the
+    token (transformers in bf16 and in fp32 disagree there too). An engine must match this prefix exactly."""
+    import torch
+    from peft import PeftModel
+
+    model, processor = load_base(model_dir)
+    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+    prefixes = []
+    for prompt in prompts:
+        text = processor.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)  # fmt: skip
+        inputs = processor.tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True)  # fmt: skip
+        new = out.sequences[0, inputs["input_ids"].shape[1] :]
+        decided = 0
+        for scores in out.scores:
+            top = torch.log_softmax(scores[0].float(), -1).topk(2).values
+            if float(top[0] - top[1]) < min_margin:
+                break
+            decided += 1
+        prefix = processor.tokenizer.decode(new[:decided], skip_special_tokens=True)
+        prefixes.append(prefix.rstrip("\ufffd"))
+    return prefixes
+
+
 def make_answer_changing_adapter(model_dir: Path, out_dir: Path, prompt: str, image: Path | None = None,
                                  seeds: range = range(16)) -> Path:  # fmt: skip
     """A random-weight adapter that provably (by transformers + peft) changes the greedy answer to `prompt`.

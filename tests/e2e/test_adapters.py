@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.adapter_factory import make_peft_adapter, peft_greedy
+from tests.adapter_factory import make_peft_adapter, peft_decisive_prefixes
 from tests.conftest import RunningGateway, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.engine
@@ -51,7 +51,12 @@ def test_register_route_match_peft_then_remove(gateway: RunningGateway, adapters
     assert served == [answer(gateway, "ad0@2", p) for p in PROMPTS]
     base = [answer(gateway, "vlmgate-demo", p) for p in PROMPTS]
     assert served != base, "the adapter did not change the output"
-    assert served == peft_greedy(gateway.model_dir, adapters["ad0"], PROMPTS)
+    # Equal to transformers + peft wherever its choice is clear (random weights leave near-ties that bf16
+    # rounding decides); at least one answer has a clear part, so this is not vacuous.
+    decided = peft_decisive_prefixes(gateway.model_dir, adapters["ad0"], PROMPTS)
+    assert any(decided), decided
+    for got, prefix in zip(served, decided, strict=True):
+        assert got.startswith(prefix), (got, prefix)
 
     assert chat(gateway, "ad0@1", PROMPTS[0]).status_code == 404  # wrong version
     removed = httpx.delete(f"{gateway.url}/v1/adapters/ad0", timeout=60)
