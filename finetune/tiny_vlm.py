@@ -49,6 +49,10 @@ A circle, a square, a triangle. One, two, three, four. Left, right, top, bottom,
 Hello! How are you? I am fine, thank you. Yes. No. Maybe. Please answer in one word.
 The quick brown fox jumps over the lazy dog. A picture is worth a thousand words.
 """
+# The chat template's role names follow <|im_start|> at the start of a line, where no corpus sentence puts them:
+# without these lines "system", "user" and "assistant" cost 5, 3 and 5 tokens in every prompt (9 of a demo
+# prompt's ~60 tokens), and a training step spends compute on them.
+CHAT_ROLES = ["system", "user", "assistant"] * 20
 
 
 @dataclass
@@ -70,6 +74,11 @@ class TinyVLMConfig:
     max_pixels: int = 64 * 28 * 28  # at most 64 image tokens after the 2x2 merge
     max_position_embeddings: int = 4096
     seed: int = 0
+
+
+def tokenizer_corpus(extra: list[str] | None = None) -> list[str]:
+    """The lines a tiny model's tokenizer learns from: everyday English, the chat roles, then the caller's own."""
+    return BASE_CORPUS.splitlines() + CHAT_ROLES + list(extra or [])
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int):
@@ -192,8 +201,7 @@ def build_tiny_vlm(
     cfg = cfg or TinyVLMConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = BASE_CORPUS.splitlines() + list(extra_corpus or [])
-    tokenizer = train_tokenizer(corpus, cfg.vocab_size)
+    tokenizer = train_tokenizer(tokenizer_corpus(extra_corpus), cfg.vocab_size)
     processor = build_processor(tokenizer, cfg)
     model = build_model(tokenizer, cfg).to(torch.bfloat16)
     model.save_pretrained(out)

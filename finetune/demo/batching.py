@@ -24,6 +24,7 @@ PATCH, MERGE, TEMPORAL = 14, 2, 2
 # OpenAI CLIP normalisation, as in Qwen2-VL's preprocessor config.
 PIXEL_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 PIXEL_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+TOKEN_SHAPE_MASS = 0.25  # share of a shape a token must hold to be labelled with the shape's kind
 SYSTEM_PROMPT = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 
 
@@ -98,13 +99,18 @@ def aux_targets(examples: list[Example]) -> dict[str, torch.Tensor]:
             cells[i, cell] = 1
             tokens[i, min(int(cy) // (PATCH * MERGE), side - 1) * side + min(int(cx) // (PATCH * MERGE), side - 1)] = 1
             mass[i] += token_mass((cx, cy), size)
+    shape = torch.tensor([SHAPES.index(ex.scene.shape) for ex in examples])
+    # Tokens holding a good part of a shape are labelled with its kind (the others are ignored): a label per
+    # token, not just per image, for the per-token shape head.
+    token_shape = torch.where(torch.from_numpy(mass) >= TOKEN_SHAPE_MASS, shape[:, None], -100)
     return {
         "colour": torch.tensor([list(COLOURS).index(ex.scene.colour) for ex in examples]),
-        "shape": torch.tensor([SHAPES.index(ex.scene.shape) for ex in examples]),
+        "shape": shape,
         "count": torch.tensor([ex.scene.count - 1 for ex in examples]),
         "cells": cells,
         "tokens": tokens,
         "mass": torch.from_numpy(mass),
+        "token_shape": token_shape,
     }
 
 
@@ -194,9 +200,10 @@ class AuxHeads(torch.nn.Module):
 
     POOLED = {"colour": len(COLOURS), "shape": len(SHAPES), "count": 4}
 
-    def __init__(self, dim: int, n_tokens: int, mass_weight: float = 0.0) -> None:
+    def __init__(self, dim: int, n_tokens: int, mass_weight: float = 0.0, token_shape_weight: float = 0.0) -> None:
         super().__init__()
         self.mass_weight = mass_weight
+        self.token_shape_weight = token_shape_weight
         self.max_heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in self.POOLED.items()})
         self.mean_heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in self.POOLED.items()})
         self.cells = torch.nn.Linear(dim * n_tokens, GRID * GRID)
@@ -204,6 +211,8 @@ class AuxHeads(torch.nn.Module):
         # Per-token shape mass (see token_mass): summed over the image it is the count, so a language model can
         # count with one uniform attention over the image tokens.
         self.mass = torch.nn.Linear(dim, 1) if mass_weight else None
+        # The kind of shape each token holds a good part of: a label per token rather than one per image.
+        self.token_shape = torch.nn.Linear(dim, len(SHAPES)) if token_shape_weight else None
 
     def loss(self, merged: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """merged: (B, n_tokens, dim). Returns the summed loss and per-head training accuracy (max-pooled)."""
@@ -217,6 +226,9 @@ class AuxHeads(torch.nn.Module):
             mass = self.mass(merged).squeeze(-1)
             loss = loss + self.mass_weight * F.mse_loss(mass, aux["mass"], reduction="sum") / len(mass)
             acc["mass_count"] = (mass.sum(1).round() == aux["count"] + 1).float().mean().item()
+        if self.token_shape is not None:
+            logits = self.token_shape(merged).flatten(0, 1)
+            loss = loss + self.token_shape_weight * F.cross_entropy(logits, aux["token_shape"].flatten())
         return loss, acc
 
 

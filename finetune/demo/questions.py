@@ -188,6 +188,19 @@ def ask(rng: np.random.Generator, scene: Scene, kind: str, *, phrasing: str = "t
     return Example(scene, kind, question, answer_for(scene, kind), image_first=bool(rng.random() < 0.85))
 
 
+def add_noise(rng: np.random.Generator, question: str, max_words: int = 3) -> str:
+    """The question with 1..max_words made-up words inserted at random places (training-time augmentation).
+
+    People use words the model never read ("whereabouts", "depicts"); its tokenizer splits them into pieces
+    the model never saw in a question either. Made-up words train it to find the question's cue words
+    ("where", "how many", "colour") whatever surrounds them, without teaching it any real word."""
+    words = question.split()
+    for _ in range(int(rng.integers(1, max_words + 1))):
+        letters = rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=int(rng.integers(2, 10)))
+        words.insert(int(rng.integers(len(words) + 1)), "".join(letters))
+    return " ".join(words)
+
+
 def answer_vocabulary() -> list[str]:
     """Every answer word, so that the tokenizer can learn each as a single token."""
     words = [*COLOURS, *SHAPES, *PLURALS.values(), *COUNT_WORDS[1 : MAX_COUNT + 1], "a", "an"]

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from tqdm import tqdm
 
 from vlmgate.finetune.demo.batching import AuxHeads, PromptEncoder, SummaryHeads, collate, speed_up_vision
-from vlmgate.finetune.demo.questions import KINDS, ask, tokenizer_corpus
+from vlmgate.finetune.demo.questions import KINDS, add_noise, ask, tokenizer_corpus
 from vlmgate.finetune.demo.shapes import MAX_COUNT, mirror, render, sample_scene
 from vlmgate.finetune.tiny_vlm import TinyVLMConfig, build_tiny_vlm
 
@@ -71,6 +71,7 @@ class DemoTrainConfig:
     lr_merger: float = 1e-3
     aux_weight: float = 0.3  # weight of the stage-0 heads' loss during stage 1
     mass_weight: float = 1.0  # weight of the per-token shape-mass head among the stage-0 heads (0: no such head)
+    token_shape_weight: float = 0.0  # weight of a per-token shape-kind head among the stage-0 heads (0: none)
     summary_layer: int = 2  # text layer whose <|vision_end|> state the summary heads read (0: no summary heads)
     summary_weight: float = 1.0  # weight of the summary heads' loss during stage 1
     ema_decay: float = 0.995  # stage 1 also keeps an exponential moving average of the weights (0: off) ...
@@ -81,6 +82,10 @@ class DemoTrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 150  # stage-1 steps between held-out evaluations
     eval_per_kind: int = 48  # held-out examples per question kind in the periodic evaluation
+    # Relative sampling weights of cfg.kinds' questions in stage 1 (empty: uniform); the stage-0 and summary heads
+    # learn from every image whatever it is asked, so this only moves where the answers' loss is spent.
+    stage1_kind_weights: list[float] = field(default_factory=list)
+    question_noise: float = 0.0  # share of training questions with made-up words inserted (unfamiliar wording)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # question kinds to train and evaluate on
     threads: int = 1  # torch intra-op threads; 1 is far faster than 2 on a busy box
     model: TinyVLMConfig = field(default_factory=demo_model_config)
@@ -103,6 +108,9 @@ class DemoTrainConfig:
                 and not (isinstance(default, float) and isinstance(v, int))
             ):
                 errors.append(f"{path}: {k}: expected {type(default).__name__}, got {v!r}")
+        weights, kinds = data.get("stage1_kind_weights") or [], data.get("kinds", KINDS)
+        if weights and (len(weights) != len(kinds) or min(weights) < 0 or sum(weights) <= 0):
+            errors.append(f"{path}: stage1_kind_weights: one weight >= 0 per kind {list(kinds)}, got {weights!r}")
         if errors:
             raise ValueError("invalid demo training config:\n  " + "\n  ".join(errors))
         base = asdict(demo_model_config())
@@ -113,22 +121,30 @@ class DemoTrainConfig:
 class ScenePool:
     """Pre-rendered training images and their scenes; `sample` draws balanced examples with fresh questions."""
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, noise: float = 0.0) -> None:
+        self.noise = noise  # share of questions that get made-up words inserted (questions.add_noise)
         rng = np.random.default_rng([seed, 1])
         # A quarter of each count, so that counting is balanced and single shapes (position questions) are many.
         self.scenes = [sample_scene(rng, count=1 + i % MAX_COUNT) for i in range(size)]  # see training_scenes
         self.images = np.stack([np.asarray(render(s)) for s in tqdm(self.scenes, desc="rendering pool", leave=False)])
         self.single = np.array([i for i, s in enumerate(self.scenes) if s.count == 1])
 
-    def sample(self, rng: np.random.Generator, batch: int, kinds: list[str] | tuple[str, ...] = KINDS):
-        kinds = rng.choice(list(kinds), size=batch)
+    def sample(
+        self, rng: np.random.Generator, batch: int, kinds: list[str] | tuple[str, ...] = KINDS, weights=None
+    ) -> tuple[list, np.ndarray]:
+        """batch examples: kinds drawn uniformly (or with these relative weights), each on a random pool image."""
+        p = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
+        kinds = rng.choice(list(kinds), size=batch, p=p)
         examples, images = [], []
         for kind in kinds:
             idx = int(rng.choice(self.single)) if kind == "position" else int(rng.integers(len(self.scenes)))
             scene, image = self.scenes[idx], self.images[idx]
             if rng.random() < 0.5:
                 scene, image = mirror(scene), image[:, ::-1]
-            examples.append(ask(rng, scene, str(kind)))
+            example = ask(rng, scene, str(kind))
+            if self.noise and rng.random() < self.noise:
+                example = replace(example, question=add_noise(rng, example.question))
+            examples.append(example)
             images.append(image)
         return examples, np.stack(images)
 
@@ -204,9 +220,9 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     model.train()
     image_tokens = 16
     encoder = PromptEncoder(tokenizer, image_tokens)
-    heads = AuxHeads(cfg.model.hidden_size, image_tokens, cfg.mass_weight)
+    heads = AuxHeads(cfg.model.hidden_size, image_tokens, cfg.mass_weight, cfg.token_shape_weight)
     summary_heads = SummaryHeads(cfg.model.hidden_size)
-    pool = ScenePool(cfg.pool_size, cfg.seed)
+    pool = ScenePool(cfg.pool_size, cfg.seed, cfg.question_noise)
     eval_examples, eval_images = heldout_set(
         cfg.eval_per_kind, style="train", phrasing="train", seed=cfg.seed + 7, kinds=cfg.kinds
     )
@@ -253,7 +269,7 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _schedule(step, cfg.stage1_steps, cfg.warmup_steps)
-        examples, images = pool.sample(rng, cfg.stage1_batch, cfg.kinds)
+        examples, images = pool.sample(rng, cfg.stage1_batch, cfg.kinds, cfg.stage1_kind_weights or None)
         batch = collate(encoder, examples, images)
         lm_loss, merged, match, summary = answer_loss(model, batch, cfg.summary_layer)
         aux_loss, _ = heads.loss(merged, batch.aux)

@@ -89,8 +89,8 @@ description ("three red circles").
 on blotchy or gradient low-saturation backgrounds, with varied shades, sizes (14-30 px) and jitter.
 `questions.py` asks about them in {sum(len(v) for v in TRAIN.values())} training templates (plus varied nouns,
 image words, prefixes, suffixes, casing), kinds and counts balanced. Training used {cfg["pool_size"]} pre-rendered
-images (and their mirror images) with a fresh question every time. `vlmgate demo generate` writes the same data
-as JSONL in the project's chat format.
+images (and their mirror images) with a fresh question every time{_if_set(cfg, "question_noise")}.
+`vlmgate demo generate` writes the same data as JSONL in the project's chat format.
 
 ## Recipe (`vlmgate demo train`, defaults)
 - Architecture: text {cfg["model"]["num_layers"]} layers x {cfg["model"]["hidden_size"]} hidden, vision depth
@@ -99,7 +99,7 @@ as JSONL in the project's chat format.
   Text M-RoPE: rope_theta {cfg["model"]["rope_theta"]:g}, mrope_section {cfg["model"]["mrope_section"]}.
 - Stage 0 ({cfg["stage0_steps"]} steps, batch {cfg["stage0_batch"]}, lr {cfg["stage0_lr"]}): vision tower + merger
   alone with linear heads on the merged tokens: colour, shape, count (max- and mean-pooled), occupied cells (flattened),
-  shape-centre flags per token{_mass_text(cfg)}.
+  shape-centre flags per token{_if_set(cfg, "mass_weight")}{_if_set(cfg, "token_shape_weight")}.
 - Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
   {cfg["lr_vision"]} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}): whole model on
   question answering, loss only on the answer and `<|im_end|>`, stage-0 heads kept as an auxiliary loss
@@ -148,14 +148,25 @@ def _weights_text(history: dict) -> str:
     )
 
 
-def _mass_text(cfg: dict) -> str:
-    if not cfg.get("mass_weight"):
-        return ""
-    return (
-        f", and each token's share of every shape's area (regression, weight {cfg['mass_weight']}): summed over the"
-        " image it is the count, however a shape straddles tokens, so the language model can count with one uniform"
-        " attention"
-    )
+# Sentences of the card that only apply when a recipe knob is on: (config key, text formatted with the config).
+OPTIONAL_TEXTS = {
+    "mass_weight": (
+        ", and each token's share of every shape's area (regression, weight {mass_weight}): summed over the image it"
+        " is the count, however a shape straddles tokens, so the language model can count with one uniform attention"
+    ),
+    "token_shape_weight": (
+        ", and the kind of shape of every token holding a quarter of a shape or more (weight {token_shape_weight}):"
+        " a shape label per token, not just one per image"
+    ),
+    "question_noise": (
+        "; {question_noise:.0%} of the questions had 1-3 made-up words inserted, so that the model learns to find"
+        " its cue words among words it never read"
+    ),
+}
+
+
+def _if_set(cfg: dict, key: str) -> str:
+    return OPTIONAL_TEXTS[key].format(**cfg) if cfg.get(key) else ""
 
 
 def _contention(history: dict) -> str:

@@ -104,6 +104,20 @@ def test_unseen_phrasings_never_reach_training() -> None:
     assert not train_questions & unseen_questions
 
 
+def test_noise_inserts_made_up_words_and_keeps_the_question_in_order() -> None:
+    from vlmgate.finetune.demo.questions import add_noise
+
+    question = "How many shapes are there?"
+    noisy = [add_noise(np.random.default_rng(i), question) for i in range(40)]
+    assert noisy == [add_noise(np.random.default_rng(i), question) for i in range(40)]  # deterministic
+    for text in noisy:
+        words = text.split()
+        assert 5 + 1 <= len(words) <= 5 + 3
+        kept = iter(words)
+        assert all(w in kept for w in question.split())  # every original word, in order
+    assert len(set(noisy)) == 40
+
+
 def test_token_mass_splits_each_shape_over_the_tokens_it_covers_and_sums_to_the_count() -> None:
     from vlmgate.finetune.demo.batching import aux_targets, token_mass
 
@@ -115,8 +129,29 @@ def test_token_mass_splits_each_shape_over_the_tokens_it_covers_and_sums_to_the_
     assert inside[0, 0] == pytest.approx(1.0)
     rng = np.random.default_rng(3)
     examples = [sample_example(rng, "count") for _ in range(50)]
-    mass = aux_targets(examples)["mass"]
+    aux = aux_targets(examples)
+    mass = aux["mass"]
     assert np.allclose(mass.sum(1).numpy(), [ex.scene.count for ex in examples], atol=1e-4)
+    # Tokens holding a quarter of a shape or more are labelled with its kind; every shape labels one at least.
+    labelled = aux["token_shape"] != -100
+    assert labelled.equal(mass >= 0.25)
+    assert (aux["token_shape"][labelled] == aux["shape"].repeat_interleave(16).view(-1, 16)[labelled]).all()
+    assert (labelled.sum(1) >= 1).all()
+
+
+def test_chat_roles_and_answer_words_are_one_token_each(tiny_model_dir: Path) -> None:
+    """Every prompt pays for the chat template's scaffold, and every answer word is one prediction."""
+    from transformers import AutoTokenizer
+
+    from vlmgate.finetune import tiny_vlm
+    from vlmgate.finetune.demo.questions import answer_vocabulary, tokenizer_corpus
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for role in ("system", "user", "assistant"):
+        assert len(tokenizer(f"<|im_start|>{role}\n", add_special_tokens=False)["input_ids"]) == 3, role
+    demo = tiny_vlm.train_tokenizer(tiny_vlm.tokenizer_corpus(tokenizer_corpus()), 1024)
+    for word in answer_vocabulary():
+        assert len(demo(word, add_special_tokens=False)["input_ids"]) == 1, word
 
 
 def test_fast_batches_equal_the_processor(tiny_model_dir: Path) -> None:
