@@ -102,11 +102,12 @@ images (and their mirror images) with a fresh question every time{_if_set(cfg, "
   shape-centre flags per token{_if_set(cfg, "mass_weight")}{_if_set(cfg, "token_shape_weight")}.
 - Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
   {cfg["lr_vision"]} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}): whole model on
-  question answering, loss only on the answer and `<|im_end|>`, stage-0 heads kept as an auxiliary loss
-  (weight {cfg["aux_weight"]}), and summary heads (weight {cfg.get("summary_weight", 0)}) on the language model's
-  hidden state at `<|vision_end|>` after text layer {cfg.get("summary_layer", 0)}: colour, shape, count, occupied
-  cells, rows and columns. `<|vision_end|>` sits at one fixed M-RoPE offset from every image token, so it can learn
-  once where the shapes are; an answer token's offset to the image changes with the question's length.{averaging}
+  question answering{_kind_weights(cfg)}, loss only on the answer and `<|im_end|>`, stage-0 heads kept as an
+  auxiliary loss (weight {cfg["aux_weight"]}), and summary heads (weight {cfg.get("summary_weight", 0)}) on the
+  language model's hidden state at `<|vision_end|>` after text layer {cfg.get("summary_layer", 0)}: colour, shape,
+  count, occupied cells, rows and columns. `<|vision_end|>` sits at one fixed M-RoPE offset from every image
+  token, so it can learn once where the shapes are; an answer token's offset to the image changes with the
+  question's length.{averaging}
 - Precision: trained in fp32; shipped weights in {meta["dtype"]} ({size_mb:.1f} MB directory).
 
 ![training](training.png)
@@ -163,6 +164,13 @@ OPTIONAL_TEXTS = {
         " its cue words among words it never read"
     ),
 }
+
+
+def _kind_weights(cfg: dict) -> str:
+    weights = cfg.get("stage1_kind_weights") or {}
+    if len(set(weights.values())) < 2:
+        return ""
+    return " (kinds asked with relative weights " + ", ".join(f"{k} {w}" for k, w in weights.items()) + ")"
 
 
 def _if_set(cfg: dict, key: str) -> str:
