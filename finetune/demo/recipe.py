@@ -270,12 +270,13 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     opt = _optimizer(groups, cfg)
     t1 = time.perf_counter()
     ema: WeightAverage | None = None
+    kind_weights = [cfg.stage1_kind_weights.get(k, 1.0) for k in cfg.kinds]
+    kind_weights = kind_weights if len(set(kind_weights)) > 1 else None  # uniform: the default draw
     bar = tqdm(range(cfg.stage1_steps), desc="stage 1 (Q&A)")
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _schedule(step, cfg.stage1_steps, cfg.warmup_steps)
-        weights = [cfg.stage1_kind_weights.get(k, 1.0) for k in cfg.kinds]
-        examples, images = pool.sample(rng, cfg.stage1_batch, cfg.kinds, weights if len(set(weights)) > 1 else None)
+        examples, images = pool.sample(rng, cfg.stage1_batch, cfg.kinds, kind_weights)
         batch = collate(encoder, examples, images)
         lm_loss, merged, match, summary = answer_loss(model, batch, cfg.summary_layer)
         aux_loss, _ = heads.loss(merged, batch.aux)

@@ -88,8 +88,9 @@ description ("three red circles").
 `vlmgate.finetune.demo.shapes` draws 1-4 identical shapes (one colour, one kind) in distinct cells of a 3x3 grid
 on blotchy or gradient low-saturation backgrounds, with varied shades, sizes (14-30 px) and jitter.
 `questions.py` asks about them in {sum(len(v) for v in TRAIN.values())} training templates (plus varied nouns,
-image words, prefixes, suffixes, casing), kinds and counts balanced. Training used {cfg["pool_size"]} pre-rendered
-images (and their mirror images) with a fresh question every time{_if_set(cfg, "question_noise")}.
+image words, prefixes, suffixes, casing), counts balanced, kinds balanced in stage 0. Training used
+{cfg["pool_size"]} pre-rendered images (and their mirror images) with a fresh question every
+time{_if_set(cfg, "question_noise")}.
 `vlmgate demo generate` writes the same data as JSONL in the project's chat format.
 
 ## Recipe (`vlmgate demo train`, defaults)

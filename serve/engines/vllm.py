@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from vlmgate.compat import SITE_DIR
+from vlmgate.quantize.config import quantization_config
 from vlmgate.serve.engines.base import EngineStartError
 from vlmgate.serve.engines.supervised import SupervisedEngine
 from vlmgate.serve.errors import APIError
@@ -51,10 +52,9 @@ def detect_device() -> str:
 
 def int4_weights(model_path: str | Path) -> bool:
     """Does this local checkpoint hold 4-bit integer weights (compressed-tensors W4A16, GPTQ, AWQ)?"""
-    config = Path(model_path) / "config.json"
-    if not config.is_file():
+    if not (Path(model_path) / "config.json").is_file():
         return False  # a Hub id: vLLM will say what it finds
-    quant = json.loads(config.read_text()).get("quantization_config") or {}
+    quant = quantization_config(model_path) or {}
     if quant.get("quant_method") in ("gptq", "awq"):
         return quant.get("bits", 4) == 4
     groups = (quant.get("config_groups") or {}).values()
