@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import gradio as gr
@@ -18,6 +19,10 @@ from vlmgate.ui import messages as msgs
 from vlmgate.ui import slo_view
 from vlmgate.ui.client import AnswerStats, GatewayClient, GatewayError
 
+# At most this many screen updates per second and answer: every update re-sends and re-draws the answer, so
+# per-token updates at engine speed (100+ tokens/s) swamp the demo's server and the browser on a small CPU, and
+# a Stop click then waits behind them until the answer has ended.
+UPDATES_PER_S = 10
 ADAPTER_COLUMNS = ["name", "version", "state", "base_model", "rank", "pinned", "replicas", "detail"]
 _DONE = object()
 
@@ -48,9 +53,10 @@ def adapter_rows(adapters: list[dict[str, Any]]) -> list[list[Any]]:
 class Handlers:
     """Event handlers bound to one gateway. Keys typed in the UI override the ones given on the command line."""
 
-    def __init__(self, client: GatewayClient, max_images: int | None = 2) -> None:
+    def __init__(self, client: GatewayClient, max_images: int | None = 2, updates_per_s: float = UPDATES_PER_S) -> None:
         self.client = client
         self.max_images = max_images
+        self.updates_per_s = updates_per_s
 
     # --- models ----------------------------------------------------------------------------------------------
 
@@ -79,8 +85,9 @@ class Handlers:
     def _ask(
         self, model: str, request: list, temperature: float, max_tokens: float, exact: bool, api_key: str | None
     ) -> AsyncIterator[str | AnswerStats]:
-        """One streamed answer with the settings as Gradio hands them over (sliders give floats)."""
-        return self.client.stream_chat(
+        """One streamed answer with the settings as Gradio hands them over (sliders give floats), its text deltas
+        merged so that the screen is updated at most `updates_per_s` times a second."""
+        stream = self.client.stream_chat(
             model,
             request,
             temperature=float(temperature),
@@ -88,6 +95,7 @@ class Handlers:
             ignore_eos=bool(exact),
             api_key=api_key or None,
         )
+        return coalesce_text(stream, 1 / self.updates_per_s if self.updates_per_s else 0.0)
 
     # --- chat ------------------------------------------------------------------------------------------------
 
@@ -234,6 +242,31 @@ class Handlers:
             slo_view.table_rows(entries),
             status,
         )
+
+
+async def coalesce_text(
+    stream: AsyncIterator[Any], min_interval_s: float, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[Any]:
+    """Consecutive text deltas of `stream` merged, so that at most one leaves per `min_interval_s`; the first delta
+    leaves at once (time to first token is what people notice), other items right after the text held before them.
+
+    Closing this generator closes `stream`.
+    """
+    held, last = "", float("-inf")
+    async with contextlib.aclosing(stream):
+        async for item in stream:
+            if not isinstance(item, str):
+                if held:
+                    yield held
+                    held = ""
+                yield item
+                continue
+            held += item
+            if clock() - last >= min_interval_s:
+                yield held
+                held, last = "", clock()
+    if held:
+        yield held
 
 
 async def merge_streams(streams: dict[str, AsyncIterator[Any]]) -> AsyncIterator[tuple[str, Any]]:

@@ -130,6 +130,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # --- small page helpers ---------------------------------------------------------------------------------------
 
 BOT_TEXTS_JS = "() => [...document.querySelectorAll('#chatbot [data-testid=bot]')].map(e => e.innerText)"
+SETTINGS_JS = (  # the stop test's two settings as the page shows them
+    "[document.querySelector('#max-tokens input[type=number]')?.value,"
+    " document.querySelector('#exact-tokens input')?.checked]"
+)
 
 
 def send_chat(page, text: str, files: list[Path] = ()) -> None:
@@ -151,10 +155,17 @@ def pick(page, dropdown_id: str, value: str) -> None:
 
 def set_number(page, elem_id: str, value: float) -> None:
     field = page.locator(f"#{elem_id} input[type=number]")
-    if not field.is_visible():  # the sliders live in a collapsed accordion
+    if not field.is_visible():  # the sliders live in a collapsed accordion, rendered when it opens
         page.get_by_text("Generation settings and connection").click()
-    field.fill(str(value))
-    field.press("Enter")
+    # A field that has just been rendered is set from the app's state a moment later, which can overwrite what was
+    # typed into it: type again until the value holds.
+    for _ in range(5):
+        field.fill(str(value))
+        field.press("Enter")
+        time.sleep(1)
+        if field.input_value() == str(value):
+            return
+    pytest.fail(f"#{elem_id} does not keep the value {value}: it shows {field.input_value()!r}")
 
 
 def metric_lines(gateway: RunningGateway, prefix: str) -> list[str]:
@@ -293,18 +304,17 @@ def test_stop_button_abandons_the_request_at_the_gateway(page, gateway: RunningG
     page.locator("#exact-tokens input").check()  # no early end of sequence: the answer is still running at Stop
     # Both settings must have reached the app before the question leaves (else the demo model's short natural
     # answer ends before Stop can abandon it).
-    page.wait_for_function(
-        "document.querySelector('#max-tokens input[type=number]').value === '1500'"
-        " && document.querySelector('#exact-tokens input').checked"
-    )
+    page.wait_for_function(f"JSON.stringify({SETTINGS_JS}) === '[\"1500\",true]'")
     page.locator("#chat-input textarea").click()  # takes the focus off the settings, committing them
     send_chat(page, "Count from one to a thousand.")
-    # Stop once the answer is well under way: in one fresh-clone run a Stop clicked as the very first characters
-    # arrived left the stream running to its end (not reproduced since).
-    page.wait_for_function(f"({BOT_TEXTS_JS})().some(t => t.trim().length >= 30)")
+    # Stop as soon as the answer shows. (When the UI redrew the answer at every token, a busy 2-core box took the
+    # Stop click only after the answer had ended: ui/handlers.py's UPDATES_PER_S.)
+    page.wait_for_function(f"({BOT_TEXTS_JS})().some(t => t.trim().length > 0)")
     running = in_flight(gateway)
     page.locator("#chat-stop").click()
-    assert running == 1, "the answer was no longer streaming when Stop was clicked: nothing left to abandon"
+    shown = page.evaluate(f"[({BOT_TEXTS_JS})(), {SETTINGS_JS}]")
+    assert running == 1, ("the answer was no longer streaming when Stop was clicked: nothing left to abandon",
+                          shown, request_counts(gateway))  # fmt: skip
     # The UI closed its stream: the gateway records a client disconnect (and stops the engine's generation).
     deadline = time.monotonic() + 120
     while disconnected_requests(gateway) == before and time.monotonic() < deadline:

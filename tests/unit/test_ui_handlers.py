@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from vlmgate.ui import messages as msgs
-from vlmgate.ui.client import GatewayClient
-from vlmgate.ui.handlers import Handlers, merge_streams
+from vlmgate.ui.client import AnswerStats, GatewayClient
+from vlmgate.ui.handlers import Handlers, coalesce_text, merge_streams
 
 
 def sse_answer(words: list[str]) -> bytes:
@@ -20,14 +20,17 @@ def sse_answer(words: list[str]) -> bytes:
     return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
 
 
-def gateway(routes: dict[tuple[str, str], httpx.Response | callable]) -> Handlers:
+def gateway(routes: dict[tuple[str, str], httpx.Response | callable], updates_per_s: float = 0) -> Handlers:
+    """Handlers on a stub gateway; by default every delta is its own screen update (no merging)."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         route = routes.get((request.method, request.url.path))
         if route is None:
             return httpx.Response(404, json={"error": {"message": "Not Found", "type": "not_found"}})
         return route(request) if callable(route) else route
 
-    return Handlers(GatewayClient("http://gw.test", transport=httpx.MockTransport(handler)), max_images=2)
+    client = GatewayClient("http://gw.test", transport=httpx.MockTransport(handler))
+    return Handlers(client, max_images=2, updates_per_s=updates_per_s)
 
 
 def chat_route(request: httpx.Request) -> httpx.Response:
@@ -59,6 +62,39 @@ async def test_answer_streams_into_history_then_gets_its_timing_note() -> None:
     assert final[-1]["metadata"]["title"].startswith("base · TTFT")
     assert "3 tokens" in final[-1]["metadata"]["title"]
     assert "40 prompt" in final[-1]["content"]
+
+
+async def test_a_fast_answer_reaches_the_screen_in_few_updates_and_whole() -> None:
+    # One update per 100 s at most: the first delta is shown at once, the rest merged into the next update.
+    h = gateway({("POST", "/v1/chat/completions"): chat_route}, updates_per_s=0.01)
+    frames = [frame async for frame in h.respond([msgs.user_display_message("hello", [])], "base", 0.0, 16)]
+    assert [f[-1]["content"] for f in frames[:-1]] == ["base ", "base says hi"]
+    assert frames[-1][-2]["content"] == "base says hi"
+    assert frames[-1][-1]["metadata"]["id"] == msgs.STATS_ID
+
+
+async def test_text_deltas_are_merged_to_at_most_one_per_interval() -> None:
+    now, closed = 0.0, []
+    stats = AnswerStats(model="m")
+
+    async def deltas():
+        nonlocal now
+        try:
+            for at, item in [(0.0, "a"), (0.02, "b"), (0.05, "c"), (0.11, "d"), (0.12, "e"), (0.13, stats)]:
+                now = at
+                yield item
+        finally:
+            closed.append(True)
+
+    got = [item async for item in coalesce_text(deltas(), 0.1, clock=lambda: now)]
+    assert got == ["a", "bcd", "e", stats]  # first at once; 'e' is not held back behind the final stats
+    assert closed == [True]
+
+    closed.clear()
+    merged = coalesce_text(deltas(), 0.1, clock=lambda: now)
+    assert await anext(merged) == "a"
+    await merged.aclose()
+    assert closed == [True]  # closing the merger closes the HTTP stream under it (the stop button)
 
 
 async def test_gateway_error_becomes_an_inline_message_and_the_history_survives() -> None:
