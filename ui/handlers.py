@@ -250,21 +250,27 @@ async def coalesce_text(
     """Consecutive text deltas of `stream` merged, so that at most one leaves per `min_interval_s`; the first delta
     leaves at once (time to first token is what people notice), other items right after the text held before them.
 
-    Closing this generator closes `stream`.
+    Closing this generator closes `stream`. Text held when `stream` raises leaves before the error.
     """
     held, last = "", float("-inf")
     async with contextlib.aclosing(stream):
-        async for item in stream:
-            if not isinstance(item, str):
-                if held:
+        try:
+            async for item in stream:
+                if not isinstance(item, str):
+                    if held:
+                        yield held
+                        held = ""
+                    yield item
+                    continue
+                held += item
+                now = clock()
+                if now - last >= min_interval_s:
                     yield held
-                    held = ""
-                yield item
-                continue
-            held += item
-            if clock() - last >= min_interval_s:
+                    held, last = "", now
+        except Exception:
+            if held:  # the answer's last words belong on screen above the error note
                 yield held
-                held, last = "", clock()
+            raise
     if held:
         yield held
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from vlmgate.ui import messages as msgs
-from vlmgate.ui.client import AnswerStats, GatewayClient
+from vlmgate.ui.client import AnswerStats, GatewayClient, GatewayError
 from vlmgate.ui.handlers import Handlers, coalesce_text, merge_streams
 
 
@@ -95,6 +95,23 @@ async def test_text_deltas_are_merged_to_at_most_one_per_interval() -> None:
     assert await anext(merged) == "a"
     await merged.aclose()
     assert closed == [True]  # closing the merger closes the HTTP stream under it (the stop button)
+
+
+async def test_text_held_when_the_stream_fails_is_shown_before_the_error() -> None:
+    async def failing():
+        yield "a"
+        yield "b"
+        raise GatewayError("connection lost", status=502)
+
+    got = []
+
+    async def collect() -> None:
+        async for item in coalesce_text(failing(), 100.0):
+            got.append(item)
+
+    with pytest.raises(GatewayError):
+        await collect()
+    assert got == ["a", "b"]  # 'b' was held for the next update; it is not lost with the failure
 
 
 async def test_gateway_error_becomes_an_inline_message_and_the_history_survives() -> None:
