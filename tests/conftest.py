@@ -69,6 +69,12 @@ class RunningGateway:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
+def engine_metric(engine_url: str, name: str) -> float:
+    """A vLLM metric from the engine's own /metrics, summed over its labels."""
+    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
 def start_gateway(model_dir: Path, log_path: Path, extra_args: list[str] | None = None,
                   env: dict[str, str] | None = None) -> RunningGateway:  # fmt: skip
     """Start `vlmgate serve` as a user would, and wait until /ready says the engine is up."""

@@ -12,14 +12,9 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, engine_metric
 
 pytestmark = pytest.mark.engine
-
-
-def engine_metric(engine_url: str, name: str) -> float:
-    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 def test_client_disconnect_stops_generation_upstream(gateway: RunningGateway) -> None:

@@ -12,17 +12,20 @@ Run as: python -m pytest tests/e2e/test_ui_browser.py -v -s
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import RunningGateway, free_port
+from tests.conftest import RunningGateway, engine_metric, free_port
 from vlmgate.ui.messages import image_data_url
 
 pytestmark = pytest.mark.engine
@@ -37,6 +40,8 @@ STEP_TIMEOUT_MS = 180_000  # one answer on a contended CPU engine, generously
 ADAPTER = "ui-shapes"
 COMPARE_QUESTION = "What shape is in the image, and what colour?"
 MAX_TOKENS = 12
+STOP_MAX_TOKENS = 1500  # the Stop test's answer: far more tokens than its engine bursts let out
+BURST_S = 0.03  # one burst of a held engine: a few tokens of the tiny demo model
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +188,45 @@ def disconnected_requests(gateway: RunningGateway) -> int:
     return sum(int(float(line.rsplit(" ", 1)[1])) for line in request_counts(gateway) if 'status="499"' in line)
 
 
+def metric_sum(gateway: RunningGateway, prefix: str) -> float:
+    """The sum of a gateway metric over its labels (e.g. generated tokens, all models and adapters)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metric_lines(gateway, prefix))
+
+
+def answers_so_far(gateway: RunningGateway) -> dict[str, float]:
+    """What the gateway has completed: answers, tokens generated, seconds spent (its counters, all labels)."""
+    return {"answers": metric_sum(gateway, "vlmgate_e2e_request_latency_seconds_count"),
+            "tokens": metric_sum(gateway, "vlmgate_generation_tokens_total"),
+            "seconds": metric_sum(gateway, "vlmgate_e2e_request_latency_seconds_sum")}  # fmt: skip
+
+
 def in_flight(gateway: RunningGateway) -> int:
     (line,) = metric_lines(gateway, "vlmgate_requests_in_flight ")
     return int(float(line.split()[1]))
+
+
+@contextmanager
+def engine_held(gateway: RunningGateway) -> Iterator[Callable[[], None]]:
+    """The gateway's vLLM engine held still (SIGSTOP on its EngineCore and Worker processes; its API server keeps
+    answering) until the block ends. Calling the yielded function lets it run for one short burst (a few tokens)."""
+    pid = httpx.get(f"{gateway.url}/ready", timeout=30).json()["engines"][gateway.model]["pid"]
+    engine = [p for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("VLLM::")]
+    assert engine, f"no VLLM:: processes under the engine's API server (pid {pid})"
+
+    def send(sig: signal.Signals) -> None:
+        for process in engine:
+            process.send_signal(sig)
+
+    def burst() -> None:
+        send(signal.SIGCONT)
+        time.sleep(BURST_S)
+        send(signal.SIGSTOP)
+
+    send(signal.SIGSTOP)
+    try:
+        yield burst
+    finally:
+        send(signal.SIGCONT)
 
 
 def stats_titles(page) -> list[str]:
@@ -300,26 +341,45 @@ def test_corrupt_image_shows_the_gateway_error_and_the_chat_goes_on(page, gatewa
 def test_stop_button_abandons_the_request_at_the_gateway(page, gateway: RunningGateway) -> None:
     pick(page, "model-picker", gateway.model)
     before = disconnected_requests(gateway)
-    set_number(page, "max-tokens", 1500)
+    done_before = answers_so_far(gateway)
+    tokens_before = engine_metric(gateway.engine_url, "vllm:generation_tokens_total")
+    set_number(page, "max-tokens", STOP_MAX_TOKENS)
     page.locator("#exact-tokens input").check()  # no early end of sequence: the answer is still running at Stop
     # Both settings must have reached the app before the question leaves (else the demo model's short natural
     # answer ends before Stop can abandon it).
-    page.wait_for_function(f"JSON.stringify({SETTINGS_JS}) === '[\"1500\",true]'")
+    page.wait_for_function(f"JSON.stringify({SETTINGS_JS}) === '[\"{STOP_MAX_TOKENS}\",true]'")
     page.locator("#chat-input textarea").click()  # takes the focus off the settings, committing them
-    send_chat(page, "Count from one to a thousand.")
-    # Stop as soon as the answer shows. (When the UI redrew the answer at every token, a busy 2-core box took the
-    # Stop click only after the answer had ended: ui/handlers.py's UPDATES_PER_S.)
-    page.wait_for_function(f"({BOT_TEXTS_JS})().some(t => t.trim().length > 0)")
-    running = in_flight(gateway)
-    page.locator("#chat-stop").click()
-    shown = page.evaluate(f"[({BOT_TEXTS_JS})(), {SETTINGS_JS}]")
-    assert running == 1, ("the answer was no longer streaming when Stop was clicked: nothing left to abandon",
-                          shown, request_counts(gateway))  # fmt: skip
-    # The UI closed its stream: the gateway records a client disconnect (and stops the engine's generation).
-    deadline = time.monotonic() + 120
-    while disconnected_requests(gateway) == before and time.monotonic() < deadline:
+    # Stop must land while the answer runs, whatever the speeds of this box's engine and browser: on a busy 2-core
+    # box the page first showed text after the free-running engine had finished all its tokens. So the engine is
+    # held still, and let run in short bursts until the answer shows.
+    with engine_held(gateway) as burst:
+        send_chat(page, "Count from one to a thousand.")
+        deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
+        while not page.evaluate(f"({BOT_TEXTS_JS})().some(t => t.trim().length > 0)"):
+            if time.monotonic() > deadline:
+                pytest.fail(f"No answer text in {STEP_TIMEOUT_MS / 1000:.0f} s: {page.evaluate(BOT_TEXTS_JS)}")
+            burst()
+            time.sleep(0.3)  # time for the tokens to reach the page
+        running = in_flight(gateway)
+        page.locator("#chat-stop").click()
+        if running != 1:
+            shown, settings = page.evaluate(f"[({BOT_TEXTS_JS})(), {SETTINGS_JS}]")
+            done = {k: v - done_before[k] for k, v in answers_so_far(gateway).items()}
+            pytest.fail(f"The answer was no longer streaming when Stop was clicked: nothing left to abandon. "
+                        f"Completed since the question: {done}. Page: settings {settings}, "
+                        f"{[len(t) for t in shown]} characters shown: {[t[:80] for t in shown]}")  # fmt: skip
+        # The UI closed its stream: the gateway records a client disconnect, without the (held) engine's help.
+        deadline = time.monotonic() + 120
+        while disconnected_requests(gateway) == before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert disconnected_requests(gateway) == before + 1, (page.evaluate(BOT_TEXTS_JS), request_counts(gateway))
+    # Released, the engine drops the abandoned request instead of generating the rest of its tokens.
+    deadline = time.monotonic() + 60
+    while engine_metric(gateway.engine_url, "vllm:num_requests_running") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert disconnected_requests(gateway) == before + 1, (page.evaluate(BOT_TEXTS_JS), request_counts(gateway))
+    assert engine_metric(gateway.engine_url, "vllm:num_requests_running") == 0
+    generated = engine_metric(gateway.engine_url, "vllm:generation_tokens_total") - tokens_before
+    assert generated < STOP_MAX_TOKENS / 2, f"the engine generated {generated} tokens of the abandoned answer"
     # The partial answer stays; no timing note, since the answer never finished.
     texts = page.evaluate(BOT_TEXTS_JS)
     assert texts[0].strip()
