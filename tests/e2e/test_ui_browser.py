@@ -5,8 +5,9 @@ Playwright: upload a generated image and watch the answer stream in; register an
 read the live SLO plots; switch the chat to the adapter; compare base and adapter side by side; send a corrupt
 image and read the gateway's error. Where a test needs an answer to arrive in pieces, or to be still running when
 Stop is clicked, it holds the engine still and lets it run in short bursts (`engine_held`): free-running, the engine
-can finish before a busy 2-core box's browser has drawn anything. Screenshots go to $VLMGATE_UI_SCREENSHOTS if set, else a pytest tmp dir
-(printed at the end); the README's images in docs/screenshots/ were copied from such a run.
+can finish before a busy 2-core box's browser has drawn anything. Screenshots go to $VLMGATE_UI_SCREENSHOTS if
+set, else a pytest tmp dir (printed at the end); the README's images in docs/screenshots/ were copied from such a
+run.
 
 Run as: python -m pytest tests/e2e/test_ui_browser.py -v -s
 """
