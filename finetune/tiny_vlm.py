@@ -26,11 +26,11 @@ QWEN_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Qwen2-VL's chat template, as published with the model.
-QWEN2_VL_CHAT_TEMPLATE = (
+QWEN2_VL_SYSTEM_PROMPT = "You are a helpful assistant."
+# Qwen2-VL's chat template, as published with the model ({system} marks where it adds its default system prompt).
+_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "{system}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
     "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
     "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
     "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
@@ -39,6 +39,18 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
     "<|im_start|>assistant\n{% endif %}"
 )
+
+
+def chat_template(system_prompt: str | None = QWEN2_VL_SYSTEM_PROMPT) -> str:
+    """Qwen2-VL's chat template; it starts a conversation that has no system message with system_prompt, if any."""
+    default = (
+        "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+        + f"{system_prompt}<|im_end|>\n{{% endif %}}"
+    )
+    return _TEMPLATE.replace("{system}", default if system_prompt else "")
+
+
+QWEN2_VL_CHAT_TEMPLATE = chat_template()
 
 # Enough everyday English for a byte-level BPE to learn useful merges; callers add their domain's words.
 BASE_CORPUS = """\
@@ -73,6 +85,9 @@ class TinyVLMConfig:
     min_pixels: int = 4 * 28 * 28
     max_pixels: int = 64 * 28 * 28  # at most 64 image tokens after the 2x2 merge
     max_position_embeddings: int = 4096
+    # What the chat template puts first when a conversation has no system message (None: nothing; Qwen2-VL's own
+    # default costs 11 tokens of every prompt).
+    system_prompt: str | None = QWEN2_VL_SYSTEM_PROMPT
     seed: int = 0
 
 
@@ -137,7 +152,7 @@ def build_processor(tokenizer, cfg: TinyVLMConfig):
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        chat_template=tokenizer.chat_template,
     )
 
 
@@ -202,6 +217,7 @@ def build_tiny_vlm(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(tokenizer_corpus(extra_corpus), cfg.vocab_size)
+    tokenizer.chat_template = chat_template(cfg.system_prompt)
     processor = build_processor(tokenizer, cfg)
     model = build_model(tokenizer, cfg).to(torch.bfloat16)
     model.save_pretrained(out)

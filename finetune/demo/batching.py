@@ -25,7 +25,6 @@ PATCH, MERGE, TEMPORAL = 14, 2, 2
 PIXEL_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 PIXEL_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 TOKEN_SHAPE_MASS = 0.25  # share of a shape a token must hold to be labelled with the shape's kind
-SYSTEM_PROMPT = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 
 
 def patchify(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,10 +60,15 @@ class PromptEncoder:
         self.im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.pad = tokenizer.pad_token_id
+        # What the chat template puts around one user turn (a default system prompt, if it adds one, the roles).
+        marker = "\x00"
+        around = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
+                                               add_generation_prompt=True)  # fmt: skip
+        self.before, self.after = around.split(marker)
 
     def prompt(self, question: str, image_first: bool = True) -> str:
         user = self.image_block + question if image_first else question + self.image_block
-        return f"{SYSTEM_PROMPT}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        return f"{self.before}{user}{self.after}"
 
     def encode(self, question: str, answer: str, image_first: bool = True) -> tuple[list[int], list[int]]:
         prompt_ids = self.tokenizer(self.prompt(question, image_first), add_special_tokens=False)["input_ids"]

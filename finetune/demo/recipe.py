@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -88,6 +89,10 @@ class DemoTrainConfig:
     stage1_kind_weights: dict[str, float] = field(
         default_factory=lambda: {"colour": 0.5, "shape": 1.0, "count": 1.25, "position": 0.75, "describe": 1.5}
     )
+    # Stage-1 batches drawn this many at a time, sorted by prompt length and split, so that a batch pads little (1:
+    # off). At 8, with `model.system_prompt: null` (11 fewer tokens per prompt), a step took 25% less time (0.40
+    # instead of 0.53 s), but one run scored held-out describe 0.87 and position 0.945 (shipped: 0.945, 0.99).
+    length_groups: int = 1
     question_noise: float = 0.3  # share of training questions with made-up words inserted (unfamiliar wording)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # question kinds to train and evaluate on
     threads: int = 1  # torch intra-op threads; 1 is far faster than 2 on a busy box
@@ -152,6 +157,21 @@ class ScenePool:
             examples.append(example)
             images.append(image)
         return examples, np.stack(images)
+
+
+def length_grouped(pool: ScenePool, rng: np.random.Generator, encoder: PromptEncoder, batch: int, groups: int,
+                   kinds, weights=None) -> Iterator[tuple[list, np.ndarray]]:  # fmt: skip
+    """Endless batches for stage 1: `groups` batches' worth of examples drawn at once, sorted by token length and
+    split into batches served in random order, so that each batch is padded to little more than its own length."""
+    while groups == 1:
+        yield pool.sample(rng, batch, kinds, weights)  # off: the plain draw (the same random stream as ever)
+    while True:
+        examples, images = pool.sample(rng, batch * groups, kinds, weights)
+        lengths = [len(encoder.encode(ex.question, ex.answer, ex.image_first)[0]) for ex in examples]
+        order = np.argsort(lengths, kind="stable")
+        for group in rng.permutation(groups):
+            chosen = order[group * batch : (group + 1) * batch]
+            yield [examples[i] for i in chosen], images[chosen]
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -272,11 +292,12 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     ema: WeightAverage | None = None
     kind_weights = [cfg.stage1_kind_weights.get(k, 1.0) for k in cfg.kinds]
     kind_weights = kind_weights if len(set(kind_weights)) > 1 else None  # uniform: the default draw
+    batches = length_grouped(pool, rng, encoder, cfg.stage1_batch, cfg.length_groups, cfg.kinds, kind_weights)
     bar = tqdm(range(cfg.stage1_steps), desc="stage 1 (Q&A)")
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _schedule(step, cfg.stage1_steps, cfg.warmup_steps)
-        examples, images = pool.sample(rng, cfg.stage1_batch, cfg.kinds, kind_weights)
+        examples, images = next(batches)
         batch = collate(encoder, examples, images)
         lm_loss, merged, match, summary = answer_loss(model, batch, cfg.summary_layer)
         aux_loss, _ = heads.loss(merged, batch.aux)

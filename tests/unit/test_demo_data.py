@@ -154,14 +154,18 @@ def test_chat_roles_and_answer_words_are_one_token_each(tiny_model_dir: Path) ->
         assert len(demo(word, add_special_tokens=False)["input_ids"]) == 1, word
 
 
-def test_fast_batches_equal_the_processor(tiny_model_dir: Path) -> None:
-    """Training builds tokens and pixels by hand; they must be exactly what the processor makes."""
+@pytest.mark.parametrize("system_prompt", ["You are a helpful assistant.", None], ids=["qwen-default", "none"])
+def test_fast_batches_equal_the_processor(tiny_model_dir: Path, system_prompt: str | None) -> None:
+    """Training builds tokens and pixels by hand; they must be exactly what the processor makes, whether the chat
+    template adds a default system prompt (Qwen2-VL's, the test model) or not (the demo model)."""
     import torch
     from transformers import AutoProcessor
 
     from vlmgate.finetune.demo.batching import PromptEncoder, patchify
+    from vlmgate.finetune.tiny_vlm import chat_template
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    processor.chat_template = processor.tokenizer.chat_template = chat_template(system_prompt)
     encoder = PromptEncoder(processor.tokenizer, image_tokens=16)
     rng = np.random.default_rng(4)
     for _ in range(6):
@@ -175,11 +179,49 @@ def test_fast_batches_equal_the_processor(tiny_model_dir: Path) -> None:
         ref = processor(text=[processor.apply_chat_template(messages)], images=[image], return_tensors="pt")
         ids, labels = encoder.encode(ex.question, ex.answer, ex.image_first)
         assert ref["input_ids"][0, : len(ids)].tolist() == ids
+        assert ("<|im_start|>system" in processor.tokenizer.decode(ids)) == (system_prompt is not None)
         answer = [t for t in labels if t != -100]
         assert processor.tokenizer.decode(answer) == ex.answer + "<|im_end|>"
         pixels, grid = patchify(np.asarray(image)[None])
         assert torch.allclose(pixels, ref["pixel_values"], atol=1e-5)
         assert grid.tolist() == ref["image_grid_thw"].tolist()
+
+
+def test_length_grouped_batches_serve_a_whole_draw_with_less_padding(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from vlmgate.finetune.demo.batching import PromptEncoder
+    from vlmgate.finetune.demo.recipe import ScenePool, length_grouped
+
+    encoder = PromptEncoder(AutoTokenizer.from_pretrained(tiny_model_dir), image_tokens=16)
+    pool = ScenePool(40, seed=0, noise=0.3)
+    batch, groups = 8, 4
+
+    def lengths(examples) -> list[int]:
+        return [len(encoder.encode(ex.question, ex.answer, ex.image_first)[0]) for ex in examples]
+
+    grouped = length_grouped(pool, np.random.default_rng(1), encoder, batch, groups, KINDS)
+    served = [next(grouped) for _ in range(groups)]
+    assert all(len(examples) == batch and len(images) == batch for examples, images in served)
+    # The same examples, each with its image, as one ungrouped draw from the same random state.
+    drawn, images = pool.sample(np.random.default_rng(1), batch * groups, KINDS)
+
+    def keys(examples, images) -> list[tuple]:
+        return [(ex.question, ex.answer, image.tobytes()) for ex, image in zip(examples, images, strict=True)]
+
+    assert sorted(k for examples, images in served for k in keys(examples, images)) == sorted(keys(drawn, images))
+    # Batches hold neighbouring lengths, so each pads less than the draw cut in order would.
+    ranges = sorted((min(lengths(examples)), max(lengths(examples))) for examples, _ in served)
+    assert all(low_next >= high for (_, high), (low_next, _) in zip(ranges, ranges[1:]))
+    padded = sum(max(lengths(examples)) * batch for examples, _ in served)
+    in_order = sum(max(lengths(drawn[i : i + batch])) * batch for i in range(0, len(drawn), batch))
+    assert padded < in_order
+    # Off (one group), batches are the plain draws, in the same random stream.
+    plain = length_grouped(pool, np.random.default_rng(1), encoder, batch, 1, KINDS)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        examples, images = next(plain)
+        assert keys(examples, images) == keys(*pool.sample(rng, batch, KINDS))
 
 
 def test_sped_up_vision_tower_matches_the_reference_outputs_and_gradients(tiny_model_dir: Path) -> None:
