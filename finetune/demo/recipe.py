@@ -38,7 +38,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from tqdm import tqdm
 
-from vlmgate.finetune.demo.batching import AuxHeads, PromptEncoder, SummaryHeads, collate, speed_up_vision
+from vlmgate.finetune.demo.batching import (
+    AuxHeads,
+    PromptEncoder,
+    SummaryHeads,
+    aux_targets,
+    collate,
+    patchify,
+    speed_up_vision,
+)
 from vlmgate.finetune.demo.questions import KINDS, add_noise, ask, tokenizer_corpus
 from vlmgate.finetune.demo.shapes import MAX_COUNT, mirror, render, sample_scene
 from vlmgate.finetune.tiny_vlm import TinyVLMConfig, build_tiny_vlm
@@ -264,9 +272,9 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
         for g in opt.param_groups:
             g["lr"] = cfg.stage0_lr * _schedule(step, cfg.stage0_steps, cfg.warmup_steps)
         examples, images = pool.sample(rng, cfg.stage0_batch, cfg.kinds)
-        batch = collate(encoder, examples, images)
-        merged = visual(batch.inputs["pixel_values"], grid_thw=batch.inputs["image_grid_thw"]).pooler_output
-        loss, acc = heads.loss(merged.view(len(examples), image_tokens, -1), batch.aux)
+        pixel_values, grid = patchify(images)  # this stage reads no text: the questions are not even tokenised
+        merged = visual(pixel_values, grid_thw=grid).pooler_output
+        loss, acc = heads.loss(merged.view(len(examples), image_tokens, -1), aux_targets(examples))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*visual.parameters(), *heads.parameters()], cfg.grad_clip)
