@@ -69,10 +69,10 @@ class RunningGateway:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
-def engine_metric(engine_url: str, name: str) -> float:
-    """A vLLM metric from the engine's own /metrics, summed over its labels."""
-    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+def metric_total(base_url: str, name: str) -> float:
+    """A Prometheus metric from the /metrics of a gateway or an engine, summed over its labels (if any)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + "{", name + " ")))
 
 
 def start_gateway(model_dir: Path, log_path: Path, extra_args: list[str] | None = None,

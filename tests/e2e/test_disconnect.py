@@ -12,14 +12,14 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import RunningGateway, engine_metric
+from tests.conftest import RunningGateway, metric_total
 
 pytestmark = pytest.mark.engine
 
 
 def test_client_disconnect_stops_generation_upstream(gateway: RunningGateway) -> None:
     max_tokens = 1500
-    tokens_before = engine_metric(gateway.engine_url, "vllm:generation_tokens_total")
+    tokens_before = metric_total(gateway.engine_url, "vllm:generation_tokens_total")
     body = {
         "model": "vlmgate-demo",
         "messages": [{"role": "user", "content": "Tell me a long story."}],
@@ -35,11 +35,11 @@ def test_client_disconnect_stops_generation_upstream(gateway: RunningGateway) ->
             if received >= 3:
                 break
     # The client connection is closed here. Wait until the engine's token counter stops moving.
-    previous, current = -1.0, engine_metric(gateway.engine_url, "vllm:generation_tokens_total")
+    previous, current = -1.0, metric_total(gateway.engine_url, "vllm:generation_tokens_total")
     deadline = time.monotonic() + 90
     while current != previous and time.monotonic() < deadline:
         time.sleep(3)
-        previous, current = current, engine_metric(gateway.engine_url, "vllm:generation_tokens_total")
-    assert engine_metric(gateway.engine_url, "vllm:num_requests_running") == 0
-    generated = engine_metric(gateway.engine_url, "vllm:generation_tokens_total") - tokens_before
+        previous, current = current, metric_total(gateway.engine_url, "vllm:generation_tokens_total")
+    assert metric_total(gateway.engine_url, "vllm:num_requests_running") == 0
+    generated = metric_total(gateway.engine_url, "vllm:generation_tokens_total") - tokens_before
     assert generated < max_tokens / 2, f"engine generated {generated} tokens after the client left"

@@ -28,7 +28,7 @@ import psutil
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import RunningGateway, engine_metric, free_port
+from tests.conftest import RunningGateway, free_port, metric_total
 from vlmgate.ui.messages import image_data_url
 
 pytestmark = pytest.mark.engine
@@ -191,16 +191,11 @@ def disconnected_requests(gateway: RunningGateway) -> int:
     return sum(int(float(line.rsplit(" ", 1)[1])) for line in request_counts(gateway) if 'status="499"' in line)
 
 
-def metric_sum(gateway: RunningGateway, prefix: str) -> float:
-    """The sum of a gateway metric over its labels (e.g. generated tokens, all models and adapters)."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metric_lines(gateway, prefix))
-
-
 def answers_so_far(gateway: RunningGateway) -> dict[str, float]:
     """What the gateway has completed: answers, tokens generated, seconds spent (its counters, all labels)."""
-    return {"answers": metric_sum(gateway, "vlmgate_e2e_request_latency_seconds_count"),
-            "tokens": metric_sum(gateway, "vlmgate_generation_tokens_total"),
-            "seconds": metric_sum(gateway, "vlmgate_e2e_request_latency_seconds_sum")}  # fmt: skip
+    return {"answers": metric_total(gateway.url, "vlmgate_e2e_request_latency_seconds_count"),
+            "tokens": metric_total(gateway.url, "vlmgate_generation_tokens_total"),
+            "seconds": metric_total(gateway.url, "vlmgate_e2e_request_latency_seconds_sum")}  # fmt: skip
 
 
 def in_flight(gateway: RunningGateway) -> int:
@@ -359,7 +354,7 @@ def test_stop_button_abandons_the_request_at_the_gateway(page, gateway: RunningG
     pick(page, "model-picker", gateway.model)
     before = disconnected_requests(gateway)
     done_before = answers_so_far(gateway)
-    tokens_before = engine_metric(gateway.engine_url, "vllm:generation_tokens_total")
+    tokens_before = metric_total(gateway.engine_url, "vllm:generation_tokens_total")
     set_number(page, "max-tokens", STOP_MAX_TOKENS)
     page.locator("#exact-tokens input").check()  # no early end of sequence: the answer is still running at Stop
     # Both settings must have reached the app before the question leaves (else the demo model's short natural
@@ -387,10 +382,10 @@ def test_stop_button_abandons_the_request_at_the_gateway(page, gateway: RunningG
         assert disconnected_requests(gateway) == before + 1, (page.evaluate(BOT_TEXTS_JS), request_counts(gateway))
     # Released, the engine drops the abandoned request instead of generating the rest of its tokens.
     deadline = time.monotonic() + 60
-    while engine_metric(gateway.engine_url, "vllm:num_requests_running") and time.monotonic() < deadline:
+    while metric_total(gateway.engine_url, "vllm:num_requests_running") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert engine_metric(gateway.engine_url, "vllm:num_requests_running") == 0
-    generated = engine_metric(gateway.engine_url, "vllm:generation_tokens_total") - tokens_before
+    assert metric_total(gateway.engine_url, "vllm:num_requests_running") == 0
+    generated = metric_total(gateway.engine_url, "vllm:generation_tokens_total") - tokens_before
     assert generated < STOP_MAX_TOKENS / 2, f"the engine generated {generated} tokens of the abandoned answer"
     # The partial answer stays; no timing note, since the answer never finished.
     texts = page.evaluate(BOT_TEXTS_JS)
