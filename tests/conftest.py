@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DEMO_MODEL = REPO / "finetune" / "demo" / "vlmgate-demo"
 TEST_LIMITS_ENV = {"VLMGATE_LIMITS__MAX_IMAGE_BYTES": "2000000", "VLMGATE_LIMITS__MAX_IMAGE_PIXELS": "1048576"}
+BURST_S = 0.03  # one burst of a held engine (engine_held): a few tokens of the tiny demo model
 ENGINE_START_TIMEOUT_S = float(os.environ.get("VLMGATE_TEST_ENGINE_TIMEOUT_S", "600"))
 
 
@@ -73,6 +75,47 @@ def metric_total(base_url: str, name: str) -> float:
     """A Prometheus metric from the /metrics of a gateway or an engine, summed over its labels (if any)."""
     text = httpx.get(f"{base_url}/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + "{", name + " ")))
+
+
+def metric_lines(gateway: RunningGateway, prefix: str) -> list[str]:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def request_counts(gateway: RunningGateway) -> list[str]:
+    """The gateway's request counters (model, adapter, status): what became of each request."""
+    return metric_lines(gateway, "vlmgate_requests_total{")
+
+
+def disconnected_requests(gateway: RunningGateway) -> int:
+    """Chat requests the gateway saw the client abandon (status 499, any model or adapter), from its metrics."""
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in request_counts(gateway) if 'status="499"' in line)
+
+
+@contextmanager
+def engine_held(gateway: RunningGateway) -> Iterator[Callable[[], None]]:
+    """The gateway's vLLM engine held still (SIGSTOP on its EngineCore and Worker processes; its API server keeps
+    answering) until the block ends. Calling the yielded function lets it run for one short burst (a few tokens)."""
+    import psutil
+
+    pid = httpx.get(f"{gateway.url}/ready", timeout=30).json()["engines"][gateway.model]["pid"]
+    engine = [p for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("VLLM::")]
+    assert engine, f"no VLLM:: processes under the engine's API server (pid {pid})"
+
+    def send(sig: signal.Signals) -> None:
+        for process in engine:
+            process.send_signal(sig)
+
+    def burst() -> None:
+        send(signal.SIGCONT)
+        time.sleep(BURST_S)
+        send(signal.SIGSTOP)
+
+    send(signal.SIGSTOP)
+    try:
+        yield burst
+    finally:
+        send(signal.SIGCONT)
 
 
 def start_gateway(model_dir: Path, log_path: Path, extra_args: list[str] | None = None,

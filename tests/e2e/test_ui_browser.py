@@ -15,20 +15,25 @@ Run as: python -m pytest tests/e2e/test_ui_browser.py -v -s
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import RunningGateway, free_port, metric_total
+from tests.conftest import (
+    RunningGateway,
+    disconnected_requests,
+    engine_held,
+    free_port,
+    metric_lines,
+    metric_total,
+    request_counts,
+)
 from vlmgate.ui.messages import image_data_url
 
 pytestmark = pytest.mark.engine
@@ -44,7 +49,6 @@ ADAPTER = "ui-shapes"
 COMPARE_QUESTION = "What shape is in the image, and what colour?"
 MAX_TOKENS = 12
 STOP_MAX_TOKENS = 1500  # the Stop test's answer: far more tokens than its engine bursts let out
-BURST_S = 0.03  # one burst of a held engine: a few tokens of the tiny demo model
 
 
 @pytest.fixture(scope="module")
@@ -176,21 +180,6 @@ def set_number(page, elem_id: str, value: float) -> None:
     pytest.fail(f"#{elem_id} does not keep the value {value}: it shows {field.input_value()!r}")
 
 
-def metric_lines(gateway: RunningGateway, prefix: str) -> list[str]:
-    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
-    return [line for line in text.splitlines() if line.startswith(prefix)]
-
-
-def request_counts(gateway: RunningGateway) -> list[str]:
-    """The gateway's request counters (model, adapter, status): what became of each request."""
-    return metric_lines(gateway, "vlmgate_requests_total{")
-
-
-def disconnected_requests(gateway: RunningGateway) -> int:
-    """Chat requests the gateway saw the client abandon (status 499, any model or adapter), from its metrics."""
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in request_counts(gateway) if 'status="499"' in line)
-
-
 def answers_so_far(gateway: RunningGateway) -> dict[str, float]:
     """What the gateway has completed: answers, tokens generated, seconds spent (its counters, all labels)."""
     return {"answers": metric_total(gateway.url, "vlmgate_e2e_request_latency_seconds_count"),
@@ -201,30 +190,6 @@ def answers_so_far(gateway: RunningGateway) -> dict[str, float]:
 def in_flight(gateway: RunningGateway) -> int:
     (line,) = metric_lines(gateway, "vlmgate_requests_in_flight ")
     return int(float(line.split()[1]))
-
-
-@contextmanager
-def engine_held(gateway: RunningGateway) -> Iterator[Callable[[], None]]:
-    """The gateway's vLLM engine held still (SIGSTOP on its EngineCore and Worker processes; its API server keeps
-    answering) until the block ends. Calling the yielded function lets it run for one short burst (a few tokens)."""
-    pid = httpx.get(f"{gateway.url}/ready", timeout=30).json()["engines"][gateway.model]["pid"]
-    engine = [p for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("VLLM::")]
-    assert engine, f"no VLLM:: processes under the engine's API server (pid {pid})"
-
-    def send(sig: signal.Signals) -> None:
-        for process in engine:
-            process.send_signal(sig)
-
-    def burst() -> None:
-        send(signal.SIGCONT)
-        time.sleep(BURST_S)
-        send(signal.SIGSTOP)
-
-    send(signal.SIGSTOP)
-    try:
-        yield burst
-    finally:
-        send(signal.SIGCONT)
 
 
 def run_until(page, burst: Callable[[], None], condition_js: str) -> None:
