@@ -65,6 +65,11 @@ class PromptEncoder:
         around = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
                                                add_generation_prompt=True)  # fmt: skip
         self.before, self.after = around.split(marker)
+        # ... and between an answer's closing <|im_end|> and the next user turn's text (a follow-up question).
+        two = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "\x01"}, {"role": "assistant", "content": "\x02"},
+             {"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True)  # fmt: skip
+        self.between = two.split("\x02")[1].split(marker)[0].removeprefix("<|im_end|>")
 
     def prompt(self, question: str, image_first: bool = True) -> str:
         user = self.image_block + question if image_first else question + self.image_block
@@ -74,6 +79,16 @@ class PromptEncoder:
         prompt_ids = self.tokenizer(self.prompt(question, image_first), add_special_tokens=False)["input_ids"]
         answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.im_end]
         return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+    def encode_turns(self, turns: list[Example]) -> tuple[list[int], list[int]]:
+        """A conversation about one image: the first turn carries the image, the follow-up questions only text;
+        labels on every answer and its <|im_end|>."""
+        ids, labels = self.encode(turns[0].question, turns[0].answer, turns[0].image_first)
+        for ex in turns[1:]:
+            prompt = self.tokenizer(self.between + ex.question + self.after, add_special_tokens=False)["input_ids"]
+            answer = self.tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [self.im_end]
+            ids, labels = ids + prompt + answer, labels + [-100] * len(prompt) + answer
+        return ids, labels
 
 
 def token_mass(centre: tuple[float, float], size: float) -> np.ndarray:
@@ -118,9 +133,12 @@ def aux_targets(examples: list[Example]) -> dict[str, torch.Tensor]:
     }
 
 
-def collate(encoder: PromptEncoder, examples: list[Example], images: np.ndarray) -> Batch:
-    """Right-padded batch of examples and their uint8 (B, H, W, 3) images."""
-    encoded = [encoder.encode(ex.question, ex.answer, ex.image_first) for ex in examples]
+def collate(encoder: PromptEncoder, examples: list[Example] | list[list[Example]], images: np.ndarray) -> Batch:
+    """Right-padded batch of examples (or of conversations: lists of turns about one image) and their uint8
+    (B, H, W, 3) images."""
+    conversations = [ex if isinstance(ex, list) else [ex] for ex in examples]
+    encoded = [encoder.encode_turns(turns) for turns in conversations]
+    examples = [turns[0] for turns in conversations]
     length = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(examples), length), encoder.pad, dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
@@ -138,6 +156,17 @@ def collate(encoder: PromptEncoder, examples: list[Example], images: np.ndarray)
         "image_grid_thw": grid,
     }
     return Batch(inputs, labels, [ex.kind for ex in examples], aux_targets(examples))
+
+
+def keep_last_answer(labels: torch.Tensor) -> torch.Tensor:
+    """Labels of a batch of conversations with every answer but the last unlabelled: to score a follow-up alone."""
+    labels = labels.clone()
+    for row in labels:
+        labelled = (row != -100).nonzero().flatten()
+        gaps = (labelled[1:] - labelled[:-1] > 1).nonzero().flatten()
+        if len(gaps):
+            row[: labelled[gaps[-1] + 1]] = -100
+    return labels
 
 
 def exact_match(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def finish(
-    out: str | Path, history: dict, report_dir: str | Path, per_kind: int = 200, fp32: bool = False, note: str = ""
+    out: str | Path, history: dict, report_dir: str | Path, per_kind: int = 1000, fp32: bool = False, note: str = ""
 ) -> dict:
     """After training: full evaluation, bf16 weights if they score as well, plot and model card."""
     import torch
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     tr.add_argument("--stage1-steps", type=int, help="override the question-answering steps")
     tr.add_argument("--threads", type=int, help="torch threads (default 1; 2 helps only on an idle machine)")
     tr.add_argument("--seed", type=int, help="seed for weights, images and questions (default 0)")
-    tr.add_argument("--eval-per-kind", type=int, default=200, help="final evaluation size per kind and set")
+    tr.add_argument("--eval-per-kind", type=int, default=1000, help="final evaluation size per kind and set")
     tr.add_argument("--fp32", action="store_true", help="ship fp32 weights even if bf16 scores as well")
     sub.add_parser("eval", help="held-out exact match per question kind", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)

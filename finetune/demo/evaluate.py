@@ -1,12 +1,14 @@
 """Held-out evaluation of the demo VLM: exact match per question kind, on three sets it never trained on.
 
-Run as: vlmgate demo eval [MODEL_DIR] [--per-kind 200] [--json scores.json]
+Run as: vlmgate demo eval [MODEL_DIR] [--per-kind 1000] [--json scores.json]
 
 Sets (fresh scenes from a seed stream disjoint from training's; overlap with the training pool is checked):
   heldout  the training generator's distribution and phrasings
   ood      images drawn differently: flat plain backgrounds, shapes centred in their cell, sizes outside the
            training range, lighter/darker shades
   unseen   the training generator's images, asked with phrasings that never appear in training
+  followup a second question about the same image, after a first one of another kind and its right answer
+           (scored alone; a description is never asked as a follow-up)
 Scoring is teacher-forced exact match, which equals greedy decoding's exact match; a sample is cross-checked
 with real `generate()` through the processor and chat template, the path a server takes.
 """
@@ -19,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmgate.finetune.demo.questions import KINDS, Example, sample_example
-from vlmgate.finetune.demo.shapes import render
+from vlmgate.finetune.demo.questions import KINDS, Example, ask, sample_example
+from vlmgate.finetune.demo.shapes import render, sample_scene
 
 EVAL_SEED = 1_000_003  # disjoint from the training streams ([seed, 1], [seed, 2])
 SETS = {"heldout": ("train", "train"), "ood": ("ood", "train"), "unseen": ("train", "unseen")}
@@ -34,6 +36,21 @@ def heldout_set(
     rng = np.random.default_rng([EVAL_SEED, seed, ["train", "ood"].index(style), ["train", "unseen"].index(phrasing)])
     examples = [sample_example(rng, kind, style=style, phrasing=phrasing) for kind in kinds for _ in range(per_kind)]
     return examples, np.stack([np.asarray(render(ex.scene)) for ex in examples])
+
+
+def followup_set(per_kind: int, seed: int = 0) -> tuple[list[list[Example]], np.ndarray]:
+    """Two-turn conversations about one held-out image, per_kind for each kind of follow-up question: a first
+    question of another kind with its right answer (as if the model had given it), then the follow-up, which alone
+    is scored. Kinds pair as in training (ScenePool.conversations): position never with count, no description."""
+    rng = np.random.default_rng([EVAL_SEED, seed, 2])
+    asked = [k for k in KINDS if k != "describe"]
+    conversations = []
+    for kind in asked:
+        for _ in range(per_kind):
+            first = str(rng.choice([k for k in asked if k != kind and {k, kind} != {"count", "position"}]))
+            scene = sample_scene(rng, count=1 if "position" in (kind, first) else None)
+            conversations.append([ask(rng, scene, first), ask(rng, scene, kind)])
+    return conversations, np.stack([np.asarray(render(turns[0].scene)) for turns in conversations])
 
 
 def load(model_dir: str | Path):
@@ -66,7 +83,7 @@ def generate_answers(model, processor, examples: list[Example], images: np.ndarr
     return answers
 
 
-def evaluate_model(model_dir: str | Path, per_kind: int = 200, check_generate: int = 20, seed: int = 0) -> dict:
+def evaluate_model(model_dir: str | Path, per_kind: int = 1000, check_generate: int = 20, seed: int = 0) -> dict:
     """Scores per set and kind, plus the generate() cross-check and the training-overlap check."""
     from vlmgate.finetune.demo.batching import PromptEncoder
     from vlmgate.finetune.demo.recipe import DemoTrainConfig, evaluate_examples, match_examples, training_scenes
@@ -98,6 +115,16 @@ def evaluate_model(model_dir: str | Path, per_kind: int = 200, check_generate: i
                     for g, i in zip(got[:5], pick[:5], strict=True)
                 ],
             }
+    # Follow-up questions, as people chat: a second question about the same image.
+    conversations, images = followup_set(per_kind, seed)
+    hits = match_examples(model, encoder, conversations, images, last_answer_only=True)
+    kinds = [turns[-1].kind for turns in conversations]
+    scores = {
+        k: float(np.mean([h for h, kd in zip(hits, kinds, strict=True) if kd == k])) for k in dict.fromkeys(kinds)
+    }
+    scores["overall"] = float(np.mean(list(scores.values())))
+    report["sets"]["followup"] = scores
+    report["overlap_with_training"] += sum(turns[0].scene in seen for turns in conversations)
     return report
 
 
@@ -105,7 +132,7 @@ def markdown_table(report: dict) -> str:
     """Rows: evaluation sets; columns: question kinds."""
     head = "| set | " + " | ".join(KINDS) + " | overall |\n|---|" + "---|" * (len(KINDS) + 1)
     rows = [
-        f"| {name} | " + " | ".join(f"{scores.get(k, float('nan')):.3f}" for k in (*KINDS, "overall")) + " |"
+        f"| {name} | " + " | ".join(f"{scores[k]:.3f}" if k in scores else "-" for k in (*KINDS, "overall")) + " |"
         for name, scores in report["sets"].items()
     ]
     return "\n".join([head, *rows])
@@ -114,7 +141,7 @@ def markdown_table(report: dict) -> str:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), help="model directory (default: shipped)")
-    parser.add_argument("--per-kind", type=int, default=200, help="examples per question kind and set (default 200)")
+    parser.add_argument("--per-kind", type=int, default=1000, help="examples per question kind and set (default 1000)")
     parser.add_argument("--check-generate", type=int, default=20, help="examples cross-checked with generate()")
     parser.add_argument("--json", help="also write the full report to this JSON file")
     args = parser.parse_args(argv)

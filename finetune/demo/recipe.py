@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
+from PIL import Image
 from tqdm import tqdm
 
 from vlmgate.finetune.demo.batching import (
@@ -44,11 +45,21 @@ from vlmgate.finetune.demo.batching import (
     SummaryHeads,
     aux_targets,
     collate,
+    keep_last_answer,
     patchify,
     speed_up_vision,
 )
 from vlmgate.finetune.demo.questions import KINDS, add_noise, ask, tokenizer_corpus
-from vlmgate.finetune.demo.shapes import MAX_COUNT, mirror, render, sample_scene
+from vlmgate.finetune.demo.shapes import (
+    MAX_COUNT,
+    Scene,
+    composite,
+    draw_background,
+    draw_shapes,
+    mirror,
+    render,
+    sample_scene,
+)
 from vlmgate.finetune.tiny_vlm import TinyVLMConfig, build_tiny_vlm
 
 
@@ -70,6 +81,11 @@ class DemoTrainConfig:
 
     seed: int = 0  # seeds weights, scene pool and question sampling
     pool_size: int = 8000  # distinct training images (mirroring doubles them)
+    # Lay each draw's shapes over another pool image's background (ScenePool). The shipped model answers shape 0.99
+    # on its training images but 0.94 on fresh ones; with this the gap closed (0.98 on training images), but on 1000
+    # fresh examples per kind two runs scored shape 0.945 / 0.951, describe 0.92 / 0.909 against the shipped model's
+    # 0.941 / 0.900: within noise, so off (the defaults reproduce the shipped model). Small shapes are the limit.
+    shuffle_backgrounds: bool = False
     stage0_steps: int = 1300  # vision-only alignment steps (shape is the slow one: ~0.9 after 1000)
     stage0_batch: int = 48
     stage0_lr: float = 4e-3
@@ -103,6 +119,12 @@ class DemoTrainConfig:
     # faster (0.40 instead of 0.53 s), but describe 0.87 and position 0.945. The system prompt alone, removed: position
     # 0.92, describe 0.905 (its tokens seem to give attention somewhere harmless to go).
     length_groups: int = 1
+    # Stage-1 rows as conversations of up to this many questions about one image (ScenePool.conversations; 1: one
+    # question per image). The image and the prompt's fixed tokens, most of a row, then serve several answers (per
+    # answer token ~20% less compute), and follow-up questions get trained (single-turn training: follow-up shape
+    # 0.15, count 0.55). Measured once (2 turns, batch 24, 1250 steps, describe weight 2): 15.5 min, colour/shape/
+    # count/describe 1.00/.94/.94/.92 but position 0.60 (the kind every run learns last; not yet learnt there).
+    turns: int = 1
     question_noise: float = 0.3  # share of training questions with made-up words inserted (unfamiliar wording)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # question kinds to train and evaluate on
     threads: int = 1  # torch intra-op threads; 1 is far faster than 2 on a busy box
@@ -138,16 +160,48 @@ class DemoTrainConfig:
         return cls(**data, model=TinyVLMConfig(**base))
 
 
-class ScenePool:
-    """Pre-rendered training images and their scenes; `sample` draws balanced examples with fresh questions."""
+def pool_scenes(size: int, seed: int) -> list[Scene]:
+    """The training pool's scenes: a quarter of each count, so that counting is balanced and single shapes (position
+    questions) are many."""
+    rng = np.random.default_rng([seed, 1])
+    return [sample_scene(rng, count=1 + i % MAX_COUNT) for i in range(size)]
 
-    def __init__(self, size: int, seed: int, noise: float = 0.0) -> None:
+
+class ScenePool:
+    """Pre-rendered training images and their scenes; `sample` draws balanced examples with fresh questions.
+
+    With shuffle_backgrounds the shapes and the backgrounds are kept apart and every draw lays one scene's shapes
+    over another random scene's background (each possibly mirrored), so that the pool's N images become N x N x 4:
+    a model can no longer recall an image by its background instead of looking at the shapes."""
+
+    def __init__(self, size: int, seed: int, noise: float = 0.0, shuffle_backgrounds: bool = False) -> None:
         self.noise = noise  # share of questions that get made-up words inserted (questions.add_noise)
-        rng = np.random.default_rng([seed, 1])
-        # A quarter of each count, so that counting is balanced and single shapes (position questions) are many.
-        self.scenes = [sample_scene(rng, count=1 + i % MAX_COUNT) for i in range(size)]  # see training_scenes
-        self.images = np.stack([np.asarray(render(s)) for s in tqdm(self.scenes, desc="rendering pool", leave=False)])
+        self.shuffle_backgrounds = shuffle_backgrounds
+        self.scenes = pool_scenes(size, seed)  # see training_scenes
+        scenes = tqdm(self.scenes, desc="rendering pool", leave=False)
+        if shuffle_backgrounds:
+            self.shapes = np.stack([np.asarray(draw_shapes(s)) for s in scenes])  # RGBA
+            self.backgrounds = np.stack([np.asarray(draw_background(s)) for s in self.scenes])
+        else:
+            self.images = np.stack([np.asarray(render(s)) for s in scenes])
         self.single = np.array([i for i, s in enumerate(self.scenes) if s.count == 1])
+
+    def _image(self, rng: np.random.Generator, idx: int) -> tuple[Scene, np.ndarray]:
+        """Scene idx's image, mirrored half of the time (and over a random other background if shuffling)."""
+        scene = self.scenes[idx]
+        flip = rng.random() < 0.5
+        if self.shuffle_backgrounds:
+            shapes = self.shapes[idx][:, ::-1] if flip else self.shapes[idx]
+            back = int(rng.integers(len(self.scenes)))
+            background = self.backgrounds[back][:, ::-1] if rng.random() < 0.5 else self.backgrounds[back]
+            image = np.asarray(composite(Image.fromarray(np.ascontiguousarray(shapes), "RGBA"),
+                                         Image.fromarray(np.ascontiguousarray(background), "RGB")))  # fmt: skip
+            # The labels come from the shapes; the background fields name where the background came from.
+            other = self.scenes[back]
+            scene = replace(scene, background=other.background, bg_rgb=other.bg_rgb, bg_seed=other.bg_seed)
+        else:
+            image = self.images[idx][:, ::-1] if flip else self.images[idx]
+        return (mirror(scene) if flip else scene), image
 
     def sample(
         self, rng: np.random.Generator, batch: int, kinds: list[str] | tuple[str, ...] = KINDS, weights=None
@@ -158,15 +212,45 @@ class ScenePool:
         examples, images = [], []
         for kind in kinds:
             idx = int(rng.choice(self.single)) if kind == "position" else int(rng.integers(len(self.scenes)))
-            scene, image = self.scenes[idx], self.images[idx]
-            if rng.random() < 0.5:
-                scene, image = mirror(scene), image[:, ::-1]
+            scene, image = self._image(rng, idx)
             example = ask(rng, scene, str(kind))
             if self.noise and rng.random() < self.noise:
                 example = replace(example, question=add_noise(rng, example.question))
             examples.append(example)
             images.append(image)
         return examples, np.stack(images)
+
+    def conversations(
+        self, rng: np.random.Generator, batch: int, turns: int, kinds: list[str] | tuple[str, ...] = KINDS, weights=None
+    ) -> tuple[list[list], np.ndarray]:
+        """batch conversations of up to `turns` questions of distinct kinds about one pool image each (the first
+        kind drawn as in sample(), each follow-up from the kinds still allowed). No answer can be read off an earlier
+        one, nor does any kind lose its balance: a description (colour, shape and count at once, on images of any
+        count) is always asked alone, and a position question (single shapes only) never shares an image with a
+        count question."""
+        kinds = list(kinds)
+        weights = np.ones(len(kinds)) if weights is None else np.asarray(weights, dtype=float)
+        conflicts = {"describe": set(kinds), "position": {"count", "describe"}, "count": {"position", "describe"}}
+        out, images = [], []
+        for _ in range(batch):
+            chosen: list[str] = []
+            allowed = weights.copy()
+            while len(chosen) < turns and allowed.sum() > 0:
+                kind = kinds[int(rng.choice(len(kinds), p=allowed / allowed.sum()))]
+                chosen.append(kind)
+                blocked = conflicts.get(kind, set()) | {kind} | ({"describe"} if kind != "describe" else set())
+                allowed[[i for i, k in enumerate(kinds) if k in blocked]] = 0
+            idx = int(rng.choice(self.single)) if "position" in chosen else int(rng.integers(len(self.scenes)))
+            scene, image = self._image(rng, idx)
+            conversation = []
+            for kind in chosen:
+                example = ask(rng, scene, kind)
+                if self.noise and rng.random() < self.noise:
+                    example = replace(example, question=add_noise(rng, example.question))
+                conversation.append(example)
+            out.append(conversation)
+            images.append(image)
+        return out, np.stack(images)
 
 
 def length_grouped(pool: ScenePool, rng: np.random.Generator, encoder: PromptEncoder, batch: int, groups: int,
@@ -214,14 +298,19 @@ def answer_loss(
     return loss, merged, misses == 0, summary
 
 
-def match_examples(model, encoder, examples, images, batch_size: int = 64) -> list[bool]:
-    """Per example: would greedy decoding give exactly the answer? (teacher-forced, see batching.exact_match)"""
+def match_examples(
+    model, encoder, examples, images, batch_size: int = 64, last_answer_only: bool = False
+) -> list[bool]:
+    """Per example: would greedy decoding give exactly the answer? (teacher-forced, see batching.exact_match)
+    Examples may be conversations (lists of turns); last_answer_only scores their last answer alone."""
     hits: list[bool] = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = collate(encoder, examples[start : start + batch_size], images[start : start + batch_size])
+            if last_answer_only:
+                batch = replace(batch, labels=keep_last_answer(batch.labels))
             hits += [bool(ok) for ok in answer_loss(model, batch)[2].tolist()]
     model.train(was_training)
     return hits
@@ -257,7 +346,7 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     encoder = PromptEncoder(tokenizer, image_tokens)
     heads = AuxHeads(cfg.model.hidden_size, image_tokens, cfg.mass_weight, cfg.token_shape_weight)
     summary_heads = SummaryHeads(cfg.model.hidden_size)
-    pool = ScenePool(cfg.pool_size, cfg.seed, cfg.question_noise)
+    pool = ScenePool(cfg.pool_size, cfg.seed, cfg.question_noise, cfg.shuffle_backgrounds)
     eval_examples, eval_images = heldout_set(
         cfg.eval_per_kind, style="train", phrasing="train", seed=cfg.seed + 7, kinds=cfg.kinds
     )
@@ -302,7 +391,10 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     ema: WeightAverage | None = None
     kind_weights = [cfg.stage1_kind_weights.get(k, 1.0) for k in cfg.kinds]
     kind_weights = kind_weights if len(set(kind_weights)) > 1 else None  # uniform: the default draw
-    batches = length_grouped(pool, rng, encoder, cfg.stage1_batch, cfg.length_groups, cfg.kinds, kind_weights)
+    if cfg.turns > 1:
+        batches = iter(lambda: pool.conversations(rng, cfg.stage1_batch, cfg.turns, cfg.kinds, kind_weights), None)
+    else:
+        batches = length_grouped(pool, rng, encoder, cfg.stage1_batch, cfg.length_groups, cfg.kinds, kind_weights)
     bar = tqdm(range(cfg.stage1_steps), desc="stage 1 (Q&A)")
     for step in bar:
         for g in opt.param_groups:
@@ -396,6 +488,5 @@ def pick_weights(model, ema: WeightAverage, encoder, cfg: DemoTrainConfig) -> di
 
 def training_scenes(cfg: DemoTrainConfig) -> set:
     """Every scene training saw (pool and mirrors), cheap to rebuild: to prove evaluation scenes are new."""
-    rng = np.random.default_rng([cfg.seed, 1])
-    scenes = [sample_scene(rng, count=1 + i % MAX_COUNT) for i in range(cfg.pool_size)]
+    scenes = pool_scenes(cfg.pool_size, cfg.seed)
     return set(scenes) | {mirror(s) for s in scenes}

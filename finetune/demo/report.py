@@ -90,7 +90,7 @@ on blotchy or gradient low-saturation backgrounds, with varied shades, sizes (14
 `questions.py` asks about them in {sum(len(v) for v in TRAIN.values())} training templates (plus varied nouns,
 image words, prefixes, suffixes, casing), counts balanced, kinds balanced in stage 0. Training used
 {cfg["pool_size"]} pre-rendered images (and their mirror images) with a fresh question every
-time{_if_set(cfg, "question_noise")}.
+time{_if_set(cfg, "shuffle_backgrounds")}{_if_set(cfg, "question_noise")}.
 `vlmgate demo generate` writes the same data as JSONL in the project's chat format.
 
 ## Recipe (`vlmgate demo train`, defaults)
@@ -103,12 +103,12 @@ time{_if_set(cfg, "question_noise")}.
   shape-centre flags per token{_if_set(cfg, "mass_weight")}{_if_set(cfg, "token_shape_weight")}.
 - Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
   {cfg["lr_vision"]} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}): whole model on
-  question answering{_kind_weights(cfg)}, loss only on the answer and `<|im_end|>`, stage-0 heads kept as an
-  auxiliary loss (weight {cfg["aux_weight"]}), and summary heads (weight {cfg.get("summary_weight", 0)}) on the
-  language model's hidden state at `<|vision_end|>` after text layer {cfg.get("summary_layer", 0)}: colour, shape,
-  count, occupied cells, rows and columns. `<|vision_end|>` sits at one fixed M-RoPE offset from every image
-  token, so it can learn once where the shapes are; an answer token's offset to the image changes with the
-  question's length.{averaging}
+  question answering{_kind_weights(cfg)}{_if_set(cfg, "turns")}, loss only on the answers and `<|im_end|>`,
+  stage-0 heads kept as an auxiliary loss (weight {cfg["aux_weight"]}), and summary heads (weight
+  {cfg.get("summary_weight", 0)}) on the language model's hidden state at `<|vision_end|>` after text layer
+  {cfg.get("summary_layer", 0)}: colour, shape, count, occupied cells, rows and columns. `<|vision_end|>` sits at
+  one fixed M-RoPE offset from every image token, so it can learn once where the shapes are; an answer token's
+  offset to the image changes with the question's length.{averaging}
 - Precision: trained in fp32; shipped weights in {meta["dtype"]} ({size_mb:.1f} MB directory).
 
 ![training](training.png)
@@ -118,7 +118,9 @@ Fresh scenes from a seed stream disjoint from training ({report["overlap_with_tr
 training pool), {report["per_kind"]} per kind and set. `heldout`: the training distribution; `ood`: flat
 plain backgrounds, shapes centred in their cell, sizes 10-13 or 31-34 px, shades mixed 25-35% towards white or
 black; `unseen`: the training images asked with {sum(len(v) for v in UNSEEN.values())} phrasings never used in
-training (nor in the tokenizer's corpus). Measured with `vlmgate demo eval` on the shipped weights:
+training (nor in the tokenizer's corpus); `followup`: a second question about the same image, after a first one of
+another kind and its right answer, scored alone (a description is not asked as a follow-up). Measured with
+`vlmgate demo eval` on the shipped weights:
 
 {markdown_table(report)}
 
@@ -160,6 +162,15 @@ OPTIONAL_TEXTS = {
         ", and the kind of shape of every token holding a quarter of a shape or more (weight {token_shape_weight}):"
         " a shape label per token, not just one per image"
     ),
+    "shuffle_backgrounds": (
+        "; each draw laid one pool image's shapes over another random pool image's background (each possibly"
+        " mirrored), so that no image can be recalled by its background instead of its shapes"
+    ),
+    "turns": (
+        "; rows are conversations of up to {turns} questions of distinct kinds about one image (a description"
+        " alone; position never with count), so that the image's tokens serve several answers and follow-up"
+        " questions are answered too"
+    ),
     "question_noise": (
         "; {question_noise:.0%} of the questions had 1-3 made-up words inserted, so that the model learns to find"
         " its cue words among words it never read"
@@ -175,7 +186,8 @@ def _kind_weights(cfg: dict) -> str:
 
 
 def _if_set(cfg: dict, key: str) -> str:
-    return OPTIONAL_TEXTS[key].format(**cfg) if cfg.get(key) else ""
+    value = cfg.get(key)
+    return OPTIONAL_TEXTS[key].format(**cfg) if value and not (key == "turns" and value == 1) else ""
 
 
 def _contention(history: dict) -> str:

@@ -176,8 +176,8 @@ def _draw_background(scene: Scene, size: int) -> np.ndarray:
     return img + rng.normal(0, 5, size=(size, size, 3))
 
 
-def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
-    """Draw the scene (antialiased: drawn at 3x and downsampled). Pure function of the scene."""
+def draw_shapes(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
+    """The scene's shapes alone on a transparent RGBA layer (antialiased: drawn at 3x and downsampled)."""
     scale = 3
     canvas = Image.new("RGBA", (size * scale, size * scale), (0, 0, 0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -192,7 +192,21 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
         else:
             half = r * 1.04  # a near-equilateral triangle pointing up
             draw.polygon([(x, y - r), (x + half, y + r * 0.8), (x - half, y + r * 0.8)], fill=(*scene.rgb, 255))
-    shapes = canvas.reduce(scale)  # box filter: cheap antialiasing
-    background = Image.fromarray(np.clip(_draw_background(scene, size), 0, 255).astype(np.uint8), "RGB")
-    background.paste(shapes, (0, 0), shapes)
-    return background
+    return canvas.reduce(scale)  # box filter: cheap antialiasing
+
+
+def draw_background(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
+    """The scene's background alone (RGB)."""
+    return Image.fromarray(np.clip(_draw_background(scene, size), 0, 255).astype(np.uint8), "RGB")
+
+
+def composite(shapes: Image.Image, background: Image.Image) -> Image.Image:
+    """A shape layer over a background: render() is composite(draw_shapes(s), draw_background(s))."""
+    out = background.copy()
+    out.paste(shapes, (0, 0), shapes)
+    return out
+
+
+def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
+    """Draw the scene. Pure function of the scene."""
+    return composite(draw_shapes(scene, size), draw_background(scene, size))

@@ -39,7 +39,7 @@ def test_vllm_matches_transformers(demo_engine_url: str, served_model_dir: Path,
 
     assert served == expected
     # And the served model really looks at the image: colour and shape, the kinds the shipped checkpoint has
-    # learned (held-out 1.00 and 0.92; see finetune/demo/MODEL_CARD.md for every kind), are answered right.
+    # learned (held-out 1.00 and 0.94; see finetune/demo/MODEL_CARD.md for every kind), are answered right.
     for kind in ("colour", "shape"):
         pairs = [(s, ex.answer) for s, ex in zip(served, items, strict=True) if ex.kind == kind]
         assert pairs, f"no {kind} question in the sample"

@@ -4,6 +4,7 @@ the processor and chat template produce (so that what the model learns is what a
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import json
 from pathlib import Path
@@ -14,7 +15,16 @@ from PIL import Image
 
 from vlmgate.finetune.demo.data import write_jsonl
 from vlmgate.finetune.demo.questions import KINDS, TRAIN, UNSEEN, answer_for, sample_example, tokenizer_corpus
-from vlmgate.finetune.demo.shapes import IMAGE_SIZE, POSITIONS, mirror, render, sample_scene
+from vlmgate.finetune.demo.shapes import (
+    IMAGE_SIZE,
+    POSITIONS,
+    composite,
+    draw_background,
+    draw_shapes,
+    mirror,
+    render,
+    sample_scene,
+)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -91,6 +101,28 @@ def test_shapes_are_drawn_where_the_scene_says() -> None:
     assert pixels[cy, cx, 0] > pixels[cy, cx, 2] + 60  # red at the centre
     corner = pixels[2, 2] if scene.cells[0] != 0 else pixels[-3, -3]
     assert abs(corner[0] - corner[2]) < 5  # grey background elsewhere
+
+
+def test_shuffled_backgrounds_keep_every_shape_where_its_labels_say() -> None:
+    from vlmgate.finetune.demo.recipe import ScenePool
+
+    pool = ScenePool(24, seed=0, shuffle_backgrounds=True)
+    # A scene over its own background is exactly the rendered scene.
+    own = composite(draw_shapes(pool.scenes[3]), draw_background(pool.scenes[3]))
+    assert np.array_equal(np.asarray(own), np.asarray(render(pool.scenes[3])))
+    examples, images = pool.sample(np.random.default_rng(4), 64)
+    foreign = 0
+    for ex, image in zip(examples, images, strict=True):
+        # Each image is its example's scene (labels mirrored along with the shapes, or not) drawn over the
+        # background its scene names, that one possibly mirrored.
+        shapes, background = draw_shapes(ex.scene), draw_background(ex.scene)
+        assert any(np.array_equal(image, np.asarray(composite(shapes, bg)))
+                   for bg in (background, background.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))  # fmt: skip
+        (source,) = [
+            s for s in pool.scenes if (s.rgb, s.sizes, s.shape) == (ex.scene.rgb, ex.scene.sizes, ex.scene.shape)
+        ]
+        foreign += source.bg_seed != ex.scene.bg_seed
+    assert foreign > 48  # nearly every draw lies on another scene's background
 
 
 def test_unseen_phrasings_never_reach_training() -> None:
@@ -187,6 +219,82 @@ def test_fast_batches_equal_the_processor(tiny_model_dir: Path, system_prompt: s
         assert grid.tolist() == ref["image_grid_thw"].tolist()
 
 
+@pytest.mark.parametrize("system_prompt", ["You are a helpful assistant.", None], ids=["qwen-default", "none"])
+def test_conversation_tokens_equal_the_processors(tiny_model_dir: Path, system_prompt: str | None) -> None:
+    """Follow-up questions about the same image: exactly the processor's tokens, labels on every answer only."""
+    from transformers import AutoProcessor
+
+    from vlmgate.finetune.demo.batching import PromptEncoder, collate
+    from vlmgate.finetune.demo.recipe import ScenePool
+    from vlmgate.finetune.tiny_vlm import chat_template
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    processor.chat_template = processor.tokenizer.chat_template = chat_template(system_prompt)
+    encoder = PromptEncoder(processor.tokenizer, image_tokens=16)
+    conversations, images = ScenePool(40, seed=0, noise=0.3).conversations(np.random.default_rng(2), 8, turns=3)
+    assert max(len(turns) for turns in conversations) == 3
+    for turns, image in zip(conversations, images, strict=True):
+        first = [{"type": "image"}, {"type": "text", "text": turns[0].question}]
+        messages = [{"role": "user", "content": first if turns[0].image_first else first[::-1]}]
+        for i, ex in enumerate(turns):
+            if i:
+                messages.append({"role": "user", "content": [{"type": "text", "text": ex.question}]})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": ex.answer}]})
+        ref = processor(text=[processor.apply_chat_template(messages)], images=[Image.fromarray(image)],
+                        return_tensors="pt")  # fmt: skip
+        ids, labels = encoder.encode_turns(turns)
+        assert ref["input_ids"][0, : len(ids)].tolist() == ids
+        answers = processor.tokenizer.decode([t for t in labels if t != -100])
+        assert answers == "".join(ex.answer + "<|im_end|>" for ex in turns)
+    batch = collate(encoder, conversations, images)
+    assert batch.inputs["input_ids"].shape[0] == len(conversations) == len(batch.kinds)
+    assert int((batch.labels != -100).sum()) == sum(len(encoder.encode_turns(t)[1]) - encoder.encode_turns(t)[1]
+                                                    .count(-100) for t in conversations)  # fmt: skip
+
+
+def test_a_follow_up_is_scored_alone(tiny_model_dir: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from vlmgate.finetune.demo.batching import PromptEncoder, collate, keep_last_answer
+    from vlmgate.finetune.demo.evaluate import followup_set
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    encoder = PromptEncoder(tokenizer, image_tokens=16)
+    conversations, images = followup_set(3, seed=1)
+    assert [turns[-1].kind for turns in conversations] == [k for k in KINDS if k != "describe" for _ in range(3)]
+    for first, then in conversations:
+        assert first.scene == then.scene
+        assert first.kind != then.kind
+        assert {first.kind, then.kind} != {"count", "position"}
+    single = sample_example(np.random.default_rng(0))
+    batch = collate(encoder, [*conversations, single], np.concatenate([images, np.asarray(render(single.scene))[None]]))
+    labels = keep_last_answer(batch.labels)
+    for turns, row in zip(conversations, labels[:-1], strict=True):
+        assert tokenizer.decode([t for t in row if t != -100]) == turns[-1].answer + "<|im_end|>"
+    assert torch.equal(labels[-1], batch.labels[-1])  # one answer only: unchanged
+
+
+def test_no_follow_up_answer_can_be_read_off_an_earlier_one() -> None:
+    from vlmgate.finetune.demo.recipe import ScenePool
+
+    pool = ScenePool(40, seed=0)
+    conversations, _ = pool.conversations(np.random.default_rng(3), 400, turns=3)
+    shapes_seen = collections.Counter()
+    for turns in conversations:
+        kinds = [ex.kind for ex in turns]
+        assert len(set(kinds)) == len(kinds)  # nothing asked twice
+        assert len({ex.scene for ex in turns}) == 1  # one image
+        assert kinds == ["describe"] or "describe" not in kinds  # a description gives colour, shape and count away
+        assert not {"position", "count"} <= set(kinds)  # position needs one shape: counts would lose their balance
+        if "position" in kinds:
+            assert turns[0].scene.count == 1
+        shapes_seen.update(ex.scene.count for ex in turns if ex.kind == "count")
+    assert max(len(turns) for turns in conversations) == 3
+    assert set(shapes_seen) == {1, 2, 3, 4}
+    assert min(shapes_seen.values()) > 0.15 * sum(shapes_seen.values())
+
+
 def test_length_grouped_batches_serve_a_whole_draw_with_less_padding(tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -267,3 +375,17 @@ def test_weight_average_follows_the_weights_and_swaps_back_and_forth() -> None:
     assert torch.allclose(model.weight, torch.full((2, 3), 0.1))
     average.swap(model)
     assert torch.allclose(model.weight, torch.ones(2, 3))
+
+
+def test_demo_eval_scores_every_set_follow_ups_included(tiny_model_dir: Path) -> None:
+    from vlmgate.finetune.demo.evaluate import evaluate_model, markdown_table
+
+    report = evaluate_model(tiny_model_dir, per_kind=2, check_generate=2)
+    assert list(report["sets"]) == ["heldout", "ood", "unseen", "followup"]
+    assert set(report["sets"]["heldout"]) == {*KINDS, "overall"}
+    assert set(report["sets"]["followup"]) == {*KINDS, "overall"} - {"describe"}  # never asked as a follow-up
+    assert report["overlap_with_training"] == 0
+    assert report["generate_check"]["agreement"] == 1.0  # the scoring equals real generate(), even for random weights
+    rows = markdown_table(report).splitlines()
+    assert rows[-1].startswith("| followup |")
+    assert rows[-1].split(" | ")[len(KINDS)] == "-"  # describe
