@@ -117,11 +117,7 @@ def evaluate_model(model_dir: str | Path, per_kind: int = 1000, check_generate: 
             }
     # Follow-up questions, as people chat: a second question about the same image.
     conversations, images = followup_set(per_kind, seed)
-    hits = match_examples(model, encoder, conversations, images, last_answer_only=True)
-    kinds = [turns[-1].kind for turns in conversations]
-    scores = {
-        k: float(np.mean([h for h, kd in zip(hits, kinds, strict=True) if kd == k])) for k in dict.fromkeys(kinds)
-    }
+    scores = evaluate_examples(model, encoder, conversations, images, last_answer_only=True)
     scores["overall"] = float(np.mean(list(scores.values())))
     report["sets"]["followup"] = scores
     report["overlap_with_training"] += sum(turns[0].scene in seen for turns in conversations)

@@ -49,7 +49,7 @@ from vlmgate.finetune.demo.batching import (
     patchify,
     speed_up_vision,
 )
-from vlmgate.finetune.demo.questions import KINDS, add_noise, ask, tokenizer_corpus
+from vlmgate.finetune.demo.questions import KINDS, Example, add_noise, ask, tokenizer_corpus
 from vlmgate.finetune.demo.shapes import (
     MAX_COUNT,
     Scene,
@@ -119,12 +119,13 @@ class DemoTrainConfig:
     # faster (0.40 instead of 0.53 s), but describe 0.87 and position 0.945. The system prompt alone, removed: position
     # 0.92, describe 0.905 (its tokens seem to give attention somewhere harmless to go).
     length_groups: int = 1
-    # Stage-1 rows as conversations of up to this many questions about one image (ScenePool.conversations; 1: one
-    # question per image). The image and the prompt's fixed tokens, most of a row, then serve several answers (per
-    # answer token ~20% less compute), and follow-up questions get trained (single-turn training: follow-up shape
-    # 0.15, count 0.55). Measured once (2 turns, batch 24, 1250 steps, describe weight 2): 15.5 min, colour/shape/
-    # count/describe 1.00/.94/.94/.92 but position 0.60 (the kind every run learns last; not yet learnt there).
-    turns: int = 1
+    # Stage-1 rows as conversations: a first question about one image and up to this many follow-ups of other kinds
+    # (ScenePool.conversations; 0: one question per image). The image and the prompt's fixed tokens, most of a row,
+    # then serve several answers (per answer token ~20% less compute), and follow-up questions get trained
+    # (single-turn training: follow-up shape 0.15, count 0.55). Measured once (1 follow-up, batch 24, 1250 steps,
+    # describe weight 2): 15.5 min, colour/shape/count/describe 1.00/.94/.94/.92 but position 0.60 (the kind every
+    # run learns last; not yet learnt there).
+    follow_ups: int = 0
     question_noise: float = 0.3  # share of training questions with made-up words inserted (unfamiliar wording)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # question kinds to train and evaluate on
     threads: int = 1  # torch intra-op threads; 1 is far faster than 2 on a busy box
@@ -213,12 +214,16 @@ class ScenePool:
         for kind in kinds:
             idx = int(rng.choice(self.single)) if kind == "position" else int(rng.integers(len(self.scenes)))
             scene, image = self._image(rng, idx)
-            example = ask(rng, scene, str(kind))
-            if self.noise and rng.random() < self.noise:
-                example = replace(example, question=add_noise(rng, example.question))
-            examples.append(example)
+            examples.append(self._ask(rng, scene, str(kind)))
             images.append(image)
         return examples, np.stack(images)
+
+    def _ask(self, rng: np.random.Generator, scene: Scene, kind: str) -> Example:
+        """A fresh question of this kind about the scene; a share of them with made-up words inserted."""
+        example = ask(rng, scene, kind)
+        if self.noise and rng.random() < self.noise:
+            example = replace(example, question=add_noise(rng, example.question))
+        return example
 
     def conversations(
         self, rng: np.random.Generator, batch: int, turns: int, kinds: list[str] | tuple[str, ...] = KINDS, weights=None
@@ -242,13 +247,7 @@ class ScenePool:
                 allowed[[i for i, k in enumerate(kinds) if k in blocked]] = 0
             idx = int(rng.choice(self.single)) if "position" in chosen else int(rng.integers(len(self.scenes)))
             scene, image = self._image(rng, idx)
-            conversation = []
-            for kind in chosen:
-                example = ask(rng, scene, kind)
-                if self.noise and rng.random() < self.noise:
-                    example = replace(example, question=add_noise(rng, example.question))
-                conversation.append(example)
-            out.append(conversation)
+            out.append([self._ask(rng, scene, kind) for kind in chosen])
             images.append(image)
         return out, np.stack(images)
 
@@ -316,11 +315,15 @@ def match_examples(
     return hits
 
 
-def evaluate_examples(model, encoder, examples, images, batch_size: int = 64) -> dict[str, float]:
-    """Held-out exact match per question kind (teacher-forced, equal to greedy decoding's exact match)."""
-    hits = match_examples(model, encoder, examples, images, batch_size)
-    kinds = [k for k in KINDS if any(ex.kind == k for ex in examples)]
-    return {k: float(np.mean([h for h, ex in zip(hits, examples, strict=True) if ex.kind == k])) for k in kinds}
+def evaluate_examples(
+    model, encoder, examples, images, batch_size: int = 64, last_answer_only: bool = False
+) -> dict[str, float]:
+    """Held-out exact match per question kind (teacher-forced, equal to greedy decoding's exact match); for
+    conversations with last_answer_only, of their last answer, per the kind of their last question."""
+    hits = match_examples(model, encoder, examples, images, batch_size, last_answer_only)
+    asked = [ex[-1].kind if isinstance(ex, list) else ex.kind for ex in examples]
+    kinds = [k for k in KINDS if k in asked]
+    return {k: float(np.mean([h for h, a in zip(hits, asked, strict=True) if a == k])) for k in kinds}
 
 
 def _optimizer(groups, cfg: DemoTrainConfig) -> torch.optim.Optimizer:
@@ -391,8 +394,9 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     ema: WeightAverage | None = None
     kind_weights = [cfg.stage1_kind_weights.get(k, 1.0) for k in cfg.kinds]
     kind_weights = kind_weights if len(set(kind_weights)) > 1 else None  # uniform: the default draw
-    if cfg.turns > 1:
-        batches = iter(lambda: pool.conversations(rng, cfg.stage1_batch, cfg.turns, cfg.kinds, kind_weights), None)
+    if cfg.follow_ups:
+        turns = 1 + cfg.follow_ups
+        batches = iter(lambda: pool.conversations(rng, cfg.stage1_batch, turns, cfg.kinds, kind_weights), None)
     else:
         batches = length_grouped(pool, rng, encoder, cfg.stage1_batch, cfg.length_groups, cfg.kinds, kind_weights)
     bar = tqdm(range(cfg.stage1_steps), desc="stage 1 (Q&A)")

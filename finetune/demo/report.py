@@ -103,7 +103,7 @@ time{_if_set(cfg, "shuffle_backgrounds")}{_if_set(cfg, "question_noise")}.
   shape-centre flags per token{_if_set(cfg, "mass_weight")}{_if_set(cfg, "token_shape_weight")}.
 - Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
   {cfg["lr_vision"]} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}): whole model on
-  question answering{_kind_weights(cfg)}{_if_set(cfg, "turns")}, loss only on the answers and `<|im_end|>`,
+  question answering{_kind_weights(cfg)}{_if_set(cfg, "follow_ups")}, loss only on the answers and `<|im_end|>`,
   stage-0 heads kept as an auxiliary loss (weight {cfg["aux_weight"]}), and summary heads (weight
   {cfg.get("summary_weight", 0)}) on the language model's hidden state at `<|vision_end|>` after text layer
   {cfg.get("summary_layer", 0)}: colour, shape, count, occupied cells, rows and columns. `<|vision_end|>` sits at
@@ -166,10 +166,10 @@ OPTIONAL_TEXTS = {
         "; each draw laid one pool image's shapes over another random pool image's background (each possibly"
         " mirrored), so that no image can be recalled by its background instead of its shapes"
     ),
-    "turns": (
-        "; rows are conversations of up to {turns} questions of distinct kinds about one image (a description"
-        " alone; position never with count), so that the image's tokens serve several answers and follow-up"
-        " questions are answered too"
+    "follow_ups": (
+        "; rows are conversations about one image, a question and its follow-ups (up to {follow_ups}) of other kinds (a"
+        " description alone; position never with count), so that the image's tokens serve several answers and"
+        " follow-up questions are answered too"
     ),
     "question_noise": (
         "; {question_noise:.0%} of the questions had 1-3 made-up words inserted, so that the model learns to find"
@@ -186,8 +186,7 @@ def _kind_weights(cfg: dict) -> str:
 
 
 def _if_set(cfg: dict, key: str) -> str:
-    value = cfg.get(key)
-    return OPTIONAL_TEXTS[key].format(**cfg) if value and not (key == "turns" and value == 1) else ""
+    return OPTIONAL_TEXTS[key].format(**cfg) if cfg.get(key) else ""
 
 
 def _contention(history: dict) -> str:
