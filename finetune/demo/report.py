@@ -102,8 +102,9 @@ time{_if_set(cfg, "shuffle_backgrounds")}{_if_set(cfg, "question_noise")}.
   alone with linear heads on the merged tokens: colour, shape, count (max- and mean-pooled), occupied cells (flattened),
   shape-centre flags per token{_if_set(cfg, "mass_weight")}{_if_set(cfg, "token_shape_weight")}.
 - Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
-  {cfg["lr_vision"]} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}): whole model on
-  question answering{_kind_weights(cfg)}{_if_set(cfg, "follow_ups")}, loss only on the answers and `<|im_end|>`,
+  {cfg["lr_vision"] or "0 (tower frozen)"} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}):
+  {"whole model" if cfg["lr_vision"] else "language model and merger"} on question
+  answering{_kind_weights(cfg)}{_if_set(cfg, "follow_ups")}, loss only on the answers and `<|im_end|>`,
   stage-0 heads kept as an auxiliary loss (weight {cfg["aux_weight"]}), and summary heads (weight
   {cfg.get("summary_weight", 0)}) on the language model's hidden state at `<|vision_end|>` after text layer
   {cfg.get("summary_layer", 0)}: colour, shape, count, occupied cells, rows and columns. `<|vision_end|>` sits at
@@ -167,7 +168,8 @@ OPTIONAL_TEXTS = {
         " mirrored), so that no image can be recalled by its background instead of its shapes"
     ),
     "follow_ups": (
-        "; rows are conversations about one image, a question and its follow-ups (up to {follow_ups}) of other kinds (a"
+        "; {follow_up_share:.0%} of the rows are conversations about one image, a question and its follow-ups (up to"
+        " {follow_ups}) of other kinds (a"
         " description alone; position never with count), so that the image's tokens serve several answers and"
         " follow-up questions are answered too"
     ),

@@ -33,3 +33,29 @@ def test_config_file_and_overrides_set_the_fields(tmp_path: Path) -> None:
     assert cfg.model.vision_depth == 4
     assert cfg.model.rope_theta == 10.0  # the rest stays the demo model's
     assert cfg.stage1_steps == 7
+
+
+@pytest.mark.parametrize("lr_vision", [0.0, 5e-4], ids=["frozen", "trained"])
+def test_stage1_freezes_the_vision_tower_when_its_rate_is_0(tiny_model_dir: Path, lr_vision: float) -> None:
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    from vlmgate.finetune.demo.batching import AuxHeads, PromptEncoder, SummaryHeads, collate
+    from vlmgate.finetune.demo.recipe import ScenePool, answer_loss, stage1_groups
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    heads, summary_heads = AuxHeads(256, 16, 1.0), SummaryHeads(256)
+    groups = stage1_groups(model, heads, summary_heads, DemoTrainConfig(lr_vision=lr_vision))
+    optimised = {id(p) for g in groups for p in g["params"]}
+    visual = model.model.visual
+    tower = [*visual.blocks.parameters(), *visual.patch_embed.parameters()]
+    assert all((id(p) in optimised) == bool(lr_vision) for p in tower)
+    assert all(id(p) in optimised for p in [*visual.merger.parameters(), *model.lm_head.parameters()])
+
+    examples, images = ScenePool(8, seed=0).sample(np.random.default_rng(0), 2)
+    batch = collate(PromptEncoder(AutoTokenizer.from_pretrained(tiny_model_dir), 16), examples, images)
+    loss, merged, _, summary = answer_loss(model, batch, summary_layer=1)
+    (loss + heads.loss(merged, batch.aux)[0] + summary_heads.loss(summary, batch.aux)[0]).backward()
+    assert all((p.grad is not None) == bool(lr_vision) for p in tower)
+    assert visual.merger.mlp[0].weight.grad.abs().sum() > 0

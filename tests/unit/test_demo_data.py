@@ -295,6 +295,18 @@ def test_no_follow_up_answer_can_be_read_off_an_earlier_one() -> None:
     assert min(shapes_seen.values()) > 0.15 * sum(shapes_seen.values())
 
 
+def test_follow_ups_go_to_the_share_of_rows_asked_for() -> None:
+    from vlmgate.finetune.demo.recipe import ScenePool
+
+    pool = ScenePool(40, seed=0)
+    conversations, images = pool.conversations(np.random.default_rng(5), 400, turns=2, share=0.25)
+    assert len(images) == 400
+    lengths = collections.Counter(len(turns) for turns in conversations)
+    assert set(lengths) == {1, 2}
+    # A quarter of the rows draw a follow-up; a description, always asked alone, takes some of them back.
+    assert 0.12 < lengths[2] / 400 < 0.3, lengths
+
+
 def test_length_grouped_batches_serve_a_whole_draw_with_less_padding(tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
