@@ -1,4 +1,4 @@
-"""Held-out evaluation of the demo VLM: exact match per question kind, on three sets it never trained on.
+"""Held-out evaluation of the demo VLM: exact match per question kind, on four sets it never trained on.
 
 Run as: vlmgate demo eval [MODEL_DIR] [--per-kind 1000] [--json scores.json]
 

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -133,7 +133,9 @@ class DemoTrainConfig:
     # describe weight 2): 15.5 min, colour/shape/count/describe 1.00/.94/.94/.92 but position 0.60 (the kind every
     # run learns last; not yet learnt there).
     follow_ups: int = 0
-    follow_up_share: float = 1.0  # ... in this share of the rows (the others: one question)
+    # ... in this share of the rows (the others: one question). A batch is padded to its longest row, so a few rows
+    # with follow-ups would make most batches longer: with length_groups > 1 they gather in batches of their own.
+    follow_up_share: float = 1.0
     question_noise: float = 0.3  # share of training questions with made-up words inserted (unfamiliar wording)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # question kinds to train and evaluate on
     threads: int = 1  # torch intra-op threads; 1 is far faster than 2 on a busy box
@@ -268,19 +270,20 @@ class ScenePool:
         return out, np.stack(images)
 
 
-def length_grouped(pool: ScenePool, rng: np.random.Generator, encoder: PromptEncoder, batch: int, groups: int,
-                   kinds, weights=None) -> Iterator[tuple[list, np.ndarray]]:  # fmt: skip
-    """Endless batches for stage 1: `groups` batches' worth of examples drawn at once, sorted by token length and
-    split into batches served in random order, so that each batch is padded to little more than its own length."""
+def length_grouped(draw: Callable[[int], tuple[list, np.ndarray]], rng: np.random.Generator, encoder: PromptEncoder,
+                   batch: int, groups: int) -> Iterator[tuple[list, np.ndarray]]:  # fmt: skip
+    """Endless batches for stage 1: `groups` batches' worth of rows drawn at once (draw(n): n examples or
+    conversations and their images), sorted by token length and split into batches served in random order, so that
+    each batch is padded to little more than its own length (conversations with follow-ups end up together)."""
     while groups == 1:
-        yield pool.sample(rng, batch, kinds, weights)  # off: the plain draw (the same random stream as ever)
+        yield draw(batch)  # off: the plain draw (the same random stream as ever)
     while True:
-        examples, images = pool.sample(rng, batch * groups, kinds, weights)
-        lengths = [len(encoder.encode(ex.question, ex.answer, ex.image_first)[0]) for ex in examples]
+        rows, images = draw(batch * groups)
+        lengths = [len(encoder.encode_turns(row if isinstance(row, list) else [row])[0]) for row in rows]
         order = np.argsort(lengths, kind="stable")
         for group in rng.permutation(groups):
             chosen = order[group * batch : (group + 1) * batch]
-            yield [examples[i] for i in chosen], images[chosen]
+            yield [rows[i] for i in chosen], images[chosen]
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -423,10 +426,10 @@ def train(cfg: DemoTrainConfig, out_dir: str | Path, log=print) -> dict:
     kind_weights = kind_weights if len(set(kind_weights)) > 1 else None  # uniform: the default draw
     if cfg.follow_ups:
         turns = 1 + cfg.follow_ups
-        batches = iter(lambda: pool.conversations(rng, cfg.stage1_batch, turns, cfg.kinds, kind_weights,
-                                                  cfg.follow_up_share), None)  # fmt: skip
+        draw = lambda n: pool.conversations(rng, n, turns, cfg.kinds, kind_weights, cfg.follow_up_share)  # noqa: E731
     else:
-        batches = length_grouped(pool, rng, encoder, cfg.stage1_batch, cfg.length_groups, cfg.kinds, kind_weights)
+        draw = lambda n: pool.sample(rng, n, cfg.kinds, kind_weights)  # noqa: E731
+    batches = length_grouped(draw, rng, encoder, cfg.stage1_batch, cfg.length_groups)
     bar = tqdm(range(cfg.stage1_steps), desc="stage 1 (Q&A)")
     for step in bar:
         for g in opt.param_groups:

@@ -101,7 +101,7 @@ time{_if_set(cfg, "shuffle_backgrounds")}{_if_set(cfg, "question_noise")}.
 - Stage 0 ({cfg["stage0_steps"]} steps, batch {cfg["stage0_batch"]}, lr {cfg["stage0_lr"]}): vision tower + merger
   alone with linear heads on the merged tokens: colour, shape, count (max- and mean-pooled), occupied cells (flattened),
   shape-centre flags per token{_if_set(cfg, "mass_weight")}{_if_set(cfg, "token_shape_weight")}.
-- Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}, lr LM {cfg["lr_lm"]} / vision
+- Stage 1 ({cfg["stage1_steps"]} steps, batch {cfg["stage1_batch"]}{_length_groups(cfg)}, lr LM {cfg["lr_lm"]} / vision
   {cfg["lr_vision"] or "0 (tower frozen)"} / merger {cfg["lr_merger"]}, cosine, AdamW, grad clip {cfg["grad_clip"]}):
   {"whole model" if cfg["lr_vision"] else "language model and merger"} on question
   answering{_kind_weights(cfg)}{_if_set(cfg, "follow_ups")}, loss only on the answers and `<|im_end|>`,
@@ -185,6 +185,13 @@ def _kind_weights(cfg: dict) -> str:
     if len(set(weights.values())) < 2:
         return ""
     return " (kinds asked with relative weights " + ", ".join(f"{k} {w}" for k, w in weights.items()) + ")"
+
+
+def _length_groups(cfg: dict) -> str:
+    groups = cfg.get("length_groups", 1)
+    if groups < 2:
+        return ""
+    return f" (drawn {groups} batches at a time and grouped by length, so that a batch pads little)"
 
 
 def _if_set(cfg: dict, key: str) -> str:

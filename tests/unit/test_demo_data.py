@@ -307,6 +307,24 @@ def test_follow_ups_go_to_the_share_of_rows_asked_for() -> None:
     assert 0.12 < lengths[2] / 400 < 0.3, lengths
 
 
+def test_length_grouping_gathers_the_conversations_with_follow_ups(tiny_model_dir: Path) -> None:
+    """Rows with a follow-up are longer; grouped by length they share batches instead of padding every batch."""
+    from transformers import AutoTokenizer
+
+    from vlmgate.finetune.demo.batching import PromptEncoder
+    from vlmgate.finetune.demo.recipe import ScenePool, length_grouped
+
+    encoder = PromptEncoder(AutoTokenizer.from_pretrained(tiny_model_dir), 16)
+    pool, batch, groups = ScenePool(40, seed=0), 8, 8
+
+    def batches_with_follow_ups(grouping: int) -> int:
+        rng = np.random.default_rng(6)
+        served = length_grouped(lambda n: pool.conversations(rng, n, 2, share=0.25), rng, encoder, batch, grouping)
+        return sum(any(len(turns) == 2 for turns in next(served)[0]) for _ in range(groups))
+
+    assert batches_with_follow_ups(groups) <= 4 < batches_with_follow_ups(1)
+
+
 def test_length_grouped_batches_serve_a_whole_draw_with_less_padding(tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -320,7 +338,8 @@ def test_length_grouped_batches_serve_a_whole_draw_with_less_padding(tiny_model_
     def lengths(examples) -> list[int]:
         return [len(encoder.encode(ex.question, ex.answer, ex.image_first)[0]) for ex in examples]
 
-    grouped = length_grouped(pool, np.random.default_rng(1), encoder, batch, groups, KINDS)
+    rng = np.random.default_rng(1)
+    grouped = length_grouped(lambda n: pool.sample(rng, n, KINDS), rng, encoder, batch, groups)
     served = [next(grouped) for _ in range(groups)]
     assert all(len(examples) == batch and len(images) == batch for examples, images in served)
     # The same examples, each with its image, as one ungrouped draw from the same random state.
@@ -337,11 +356,11 @@ def test_length_grouped_batches_serve_a_whole_draw_with_less_padding(tiny_model_
     in_order = sum(max(lengths(drawn[i : i + batch])) * batch for i in range(0, len(drawn), batch))
     assert padded < in_order
     # Off (one group), batches are the plain draws, in the same random stream.
-    plain = length_grouped(pool, np.random.default_rng(1), encoder, batch, 1, KINDS)
-    rng = np.random.default_rng(1)
+    rng, reference = np.random.default_rng(1), np.random.default_rng(1)
+    plain = length_grouped(lambda n: pool.sample(rng, n, KINDS), rng, encoder, batch, 1)
     for _ in range(2):
         examples, images = next(plain)
-        assert keys(examples, images) == keys(*pool.sample(rng, batch, KINDS))
+        assert keys(examples, images) == keys(*pool.sample(reference, batch, KINDS))
 
 
 def test_sped_up_vision_tower_matches_the_reference_outputs_and_gradients(tiny_model_dir: Path) -> None:
