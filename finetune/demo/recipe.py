@@ -252,11 +252,10 @@ class ScenePool:
         share: float = 1.0,
     ) -> tuple[list[list], np.ndarray]:
         """batch conversations of up to `turns` questions of distinct kinds about one pool image each (the first
-        kind drawn as in sample(), each follow-up from the kinds still allowed), or, beyond a `share` of them,
-        of one question. No answer can be read off an earlier
-        one, nor does any kind lose its balance: a description (colour, shape and count at once, on images of any
-        count) is always asked alone, and a position question (single shapes only) never shares an image with a
-        count question."""
+        kind drawn as in sample(), each follow-up from the kinds still allowed); beyond a `share` of them, one
+        question only. No answer can be read off an earlier one, nor does any kind lose its balance: a description
+        (colour, shape and count at once, on images of any count) is always asked alone, and a position question
+        (single shapes only) never shares an image with a count question."""
         kinds = list(kinds)
         weights = np.ones(len(kinds)) if weights is None else np.asarray(weights, dtype=float)
         conflicts = {"describe": set(kinds), "position": {"count", "describe"}, "count": {"position", "describe"}}
@@ -368,7 +367,7 @@ def stage1_groups(model, heads: AuxHeads, summary_heads: SummaryHeads, cfg: Demo
     ]
     tower = [*visual.blocks.parameters(), *visual.patch_embed.parameters()]
     if cfg.lr_vision:
-        groups.append({"params": tower, "lr": cfg.lr_vision})
+        groups.insert(1, {"params": tower, "lr": cfg.lr_vision})
     for p in tower:
         p.requires_grad_(bool(cfg.lr_vision))
     return groups
