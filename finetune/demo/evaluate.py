@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmgate.finetune.demo.questions import KINDS, Example, ask, sample_example
+from vlmgate.finetune.demo.questions import KINDS, Example, ask, may_share_image, sample_example
 from vlmgate.finetune.demo.shapes import render, sample_scene
 
 EVAL_SEED = 1_000_003  # disjoint from the training streams ([seed, 1], [seed, 2])
@@ -41,13 +41,13 @@ def heldout_set(
 def followup_set(per_kind: int, seed: int = 0) -> tuple[list[list[Example]], np.ndarray]:
     """Two-turn conversations about one held-out image, per_kind for each kind of follow-up question: a first
     question of another kind with its right answer (as if the model had given it), then the follow-up, which alone
-    is scored. Kinds pair as in training (ScenePool.conversations): position never with count, no description."""
+    is scored. Kinds pair as in training (questions.may_share_image): position never with count, no description."""
     rng = np.random.default_rng([EVAL_SEED, seed, 2])
     asked = [k for k in KINDS if k != "describe"]
     conversations = []
     for kind in asked:
         for _ in range(per_kind):
-            first = str(rng.choice([k for k in asked if k != kind and {k, kind} != {"count", "position"}]))
+            first = str(rng.choice([k for k in asked if may_share_image(k, kind)]))
             scene = sample_scene(rng, count=1 if "position" in (kind, first) else None)
             conversations.append([ask(rng, scene, first), ask(rng, scene, kind)])
     return conversations, np.stack([np.asarray(render(turns[0].scene)) for turns in conversations])
@@ -91,14 +91,15 @@ def evaluate_model(model_dir: str | Path, per_kind: int = 1000, check_generate: 
     model, processor = load(model_dir)
     encoder = PromptEncoder(processor.tokenizer, image_tokens=16)
     seen = training_scenes(DemoTrainConfig())
-    report: dict = {"per_kind": per_kind, "sets": {}}
+    report: dict = {"per_kind": per_kind, "sets": {}, "overlap_with_training": 0}
+
+    def add_set(name: str, scores: dict[str, float], scenes: list) -> None:
+        report["sets"][name] = {**scores, "overall": float(np.mean(list(scores.values())))}
+        report["overlap_with_training"] += sum(scene in seen for scene in scenes)
+
     for name, (style, phrasing) in SETS.items():
         examples, images = heldout_set(per_kind, style=style, phrasing=phrasing, seed=seed)
-        scores = evaluate_examples(model, encoder, examples, images)
-        scores["overall"] = float(np.mean(list(scores.values())))
-        report["sets"][name] = scores
-        report.setdefault("overlap_with_training", 0)
-        report["overlap_with_training"] += sum(ex.scene in seen for ex in examples)
+        add_set(name, evaluate_examples(model, encoder, examples, images), [ex.scene for ex in examples])
         if name == "heldout" and check_generate:
             # Spread the sample over all kinds.
             pick = list(range(0, len(examples), max(1, len(examples) // check_generate)))[:check_generate]
@@ -118,9 +119,7 @@ def evaluate_model(model_dir: str | Path, per_kind: int = 1000, check_generate: 
     # Follow-up questions, as people chat: a second question about the same image.
     conversations, images = followup_set(per_kind, seed)
     scores = evaluate_examples(model, encoder, conversations, images, last_answer_only=True)
-    scores["overall"] = float(np.mean(list(scores.values())))
-    report["sets"]["followup"] = scores
-    report["overlap_with_training"] += sum(turns[0].scene in seen for turns in conversations)
+    add_set("followup", scores, [turns[0].scene for turns in conversations])
     return report
 
 

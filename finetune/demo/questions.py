@@ -182,6 +182,13 @@ def sample_example(
     return ask(rng, sample_scene(rng, count=count, style=style), kind, phrasing=phrasing)
 
 
+def may_share_image(first: str, then: str) -> bool:
+    """Whether questions of these two kinds may be asked about one image in one conversation, so that no answer can
+    be read off the other and no kind loses its balance: a description (colour, shape and count at once) is asked
+    alone, and a position question (single shapes only) never with a count question (counts would lose balance)."""
+    return first != then and "describe" not in (first, then) and {first, then} != {"count", "position"}
+
+
 def ask(rng: np.random.Generator, scene: Scene, kind: str, *, phrasing: str = "train") -> Example:
     """A question of this kind about a given scene (the image goes first in 85% of the turns, as most UIs do)."""
     question = phrase(rng, kind, scene.count, phrasing)

@@ -49,7 +49,7 @@ from vlmgate.finetune.demo.batching import (
     patchify,
     speed_up_vision,
 )
-from vlmgate.finetune.demo.questions import KINDS, Example, add_noise, ask, tokenizer_corpus
+from vlmgate.finetune.demo.questions import KINDS, Example, add_noise, ask, may_share_image, tokenizer_corpus
 from vlmgate.finetune.demo.shapes import (
     MAX_COUNT,
     Scene,
@@ -254,12 +254,9 @@ class ScenePool:
     ) -> tuple[list[list], np.ndarray]:
         """batch conversations of up to `turns` questions of distinct kinds about one pool image each (the first
         kind drawn as in sample(), each follow-up from the kinds still allowed); beyond a `share` of them, one
-        question only. No answer can be read off an earlier one, nor does any kind lose its balance: a description
-        (colour, shape and count at once, on images of any count) is always asked alone, and a position question
-        (single shapes only) never shares an image with a count question."""
+        question only. Kinds share an image only as questions.may_share_image allows."""
         kinds = list(kinds)
         weights = np.ones(len(kinds)) if weights is None else np.asarray(weights, dtype=float)
-        conflicts = {"describe": set(kinds), "position": {"count", "describe"}, "count": {"position", "describe"}}
         out, images = [], []
         for _ in range(batch):
             chosen: list[str] = []
@@ -268,8 +265,7 @@ class ScenePool:
             while len(chosen) < limit and allowed.sum() > 0:
                 kind = kinds[int(rng.choice(len(kinds), p=allowed / allowed.sum()))]
                 chosen.append(kind)
-                blocked = conflicts.get(kind, set()) | {kind} | ({"describe"} if kind != "describe" else set())
-                allowed[[i for i, k in enumerate(kinds) if k in blocked]] = 0
+                allowed[[i for i, k in enumerate(kinds) if not may_share_image(kind, k)]] = 0
             idx = int(rng.choice(self.single)) if "position" in chosen else int(rng.integers(len(self.scenes)))
             scene, image = self._image(rng, idx)
             out.append([self._ask(rng, scene, kind) for kind in chosen])

@@ -169,9 +169,8 @@ OPTIONAL_TEXTS = {
     ),
     "follow_ups": (
         "; {follow_up_share:.0%} of the rows are conversations about one image, a question and its follow-ups (up to"
-        " {follow_ups}) of other kinds (a"
-        " description alone; position never with count), so that the image's tokens serve several answers and"
-        " follow-up questions are answered too"
+        " {follow_ups}) of other kinds (a description alone; position never with count), so that the image's tokens"
+        " serve several answers and follow-up questions are answered too"
     ),
     "question_noise": (
         "; {question_noise:.0%} of the questions had 1-3 made-up words inserted, so that the model learns to find"
