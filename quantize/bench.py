@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from vlmgate.serve.config import EngineConfig, LimitsConfig
+from vlmgate.serve.engines.base import EngineStartError
 from vlmgate.serve.engines.vllm import VLLMEngine
 
 SERVED_NAME = "bench"
@@ -90,18 +91,22 @@ async def measure(url: str, prompts: list[list[dict]], args: argparse.Namespace,
     return result
 
 
+def engine(path: Path) -> VLLMEngine:
+    return VLLMEngine(SERVED_NAME, str(path), EngineConfig(), LimitsConfig())
+
+
 async def bench_model(path: Path, prompts: list[list[dict]], args: argparse.Namespace, data) -> dict[str, Any]:
-    engine = VLLMEngine(SERVED_NAME, str(path), EngineConfig(), LimitsConfig())
+    served = engine(path)
     started = time.perf_counter()
-    await engine.start()
+    await served.start()
     try:
         startup_s = time.perf_counter() - started
         print(f"  {path.name}: engine ready in {startup_s:.0f} s, measuring ...", file=sys.stderr, flush=True)
-        result = await measure(engine.base_url, prompts, args, data)
+        result = await measure(served.base_url, prompts, args, data)
         result["startup_s"] = startup_s
         return result
     finally:
-        await engine.stop()
+        await served.stop()
 
 
 def default_prompt() -> list[dict]:
@@ -148,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(args.data, args.data_limit)
     prompts = [e.to_openai() for e in data[:16]] if data else [default_prompt()]
     models = {f"bf16 ({args.bf16.name})": args.bf16} | {f"INT4 ({p.name})": p for p in args.int4}
+    try:  # before any engine starts: a model this machine cannot serve would only fail after the others' runs
+        for path in models.values():
+            engine(path).command(0)
+    except EngineStartError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     results = {}
     for name, path in models.items():
         results[name] = asyncio.run(bench_model(path, prompts, args, data))

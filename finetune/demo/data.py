@@ -37,12 +37,23 @@ def data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
+def chat_messages(turns: list[Example], image_part: dict) -> list[dict]:
+    """A conversation about one image as OpenAI chat messages, each question followed by its answer: the image part
+    in the first user turn (before or after the question, as the example says), follow-up questions as text only
+    (how the recipe trains them, and how a chat client sends them)."""
+    messages = []
+    for i, example in enumerate(turns):
+        content: str | list[dict] = example.question
+        if i == 0:
+            text_part = {"type": "text", "text": example.question}
+            content = [image_part, text_part] if example.image_first else [text_part, image_part]
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": example.answer}]
+    return messages
+
+
 def record(example: Example, image_url: str) -> dict:
     """One JSONL record: the user turn (image + question, in the example's order) and the assistant's answer."""
-    image_part = {"type": "image_url", "image_url": {"url": image_url}}
-    text_part = {"type": "text", "text": example.question}
-    content = [image_part, text_part] if example.image_first else [text_part, image_part]
-    return {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": example.answer}]}
+    return {"messages": chat_messages([example], {"type": "image_url", "image_url": {"url": image_url}})}
 
 
 def write_jsonl(

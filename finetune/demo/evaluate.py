@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmgate.finetune.demo.data import chat_messages
 from vlmgate.finetune.demo.questions import KINDS, Example, ask, may_share_image, sample_example
 from vlmgate.finetune.demo.shapes import render, sample_scene
 
@@ -66,15 +67,17 @@ def load(model_dir: str | Path):
     return model, processor
 
 
-def generate_answers(model, processor, examples: list[Example], images: np.ndarray, max_new_tokens: int = 8):
-    """Greedy answers through the processor and chat template (the serving path), one example at a time."""
+def generate_answers(
+    model, processor, examples: list[Example] | list[list[Example]], images: np.ndarray, max_new_tokens: int = 8
+) -> list[str]:
+    """Greedy answers through the processor and chat template (the serving path), one example at a time; for a
+    conversation (a list of turns about one image), the answer to its last question, the earlier answers given."""
     import torch
     from PIL import Image
 
     answers = []
-    for ex, image in zip(examples, images, strict=True):
-        parts = [{"type": "image"}, {"type": "text", "text": ex.question}]
-        messages = [{"role": "user", "content": parts if ex.image_first else parts[::-1]}]
+    for item, image in zip(examples, images, strict=True):
+        messages = chat_messages(item if isinstance(item, list) else [item], {"type": "image"})[:-1]
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt")
         with torch.no_grad():

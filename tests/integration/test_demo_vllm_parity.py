@@ -6,10 +6,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from openai import OpenAI
 from PIL import Image
 
-from vlmgate.finetune.demo.data import data_url, record
-from vlmgate.finetune.demo.evaluate import DEFAULT_MODEL, generate_answers, heldout_set, load
+from tests.conftest import RunningGateway
+from vlmgate.finetune.demo.data import chat_messages, data_url, record
+from vlmgate.finetune.demo.evaluate import DEFAULT_MODEL, followup_set, generate_answers, heldout_set, load
 
 pytestmark = pytest.mark.engine
 
@@ -21,11 +23,16 @@ def examples():
     return examples, images
 
 
-def test_vllm_matches_transformers(demo_engine_url: str, served_model_dir: Path, examples) -> None:
+@pytest.fixture(scope="module")
+def demo_model(served_model_dir: Path):
     if Path(served_model_dir) != DEFAULT_MODEL:
         pytest.fail(f"the session engine serves {served_model_dir}, not the shipped demo model {DEFAULT_MODEL}")
+    return load(DEFAULT_MODEL)
+
+
+def test_vllm_matches_transformers(demo_engine_url: str, demo_model, examples) -> None:
     items, images = examples
-    model, processor = load(DEFAULT_MODEL)
+    model, processor = demo_model
     expected = generate_answers(model, processor, items, images)
 
     served = []
@@ -43,4 +50,32 @@ def test_vllm_matches_transformers(demo_engine_url: str, served_model_dir: Path,
     for kind in ("colour", "shape"):
         pairs = [(s, ex.answer) for s, ex in zip(served, items, strict=True) if ex.kind == kind]
         assert pairs, f"no {kind} question in the sample"
+        assert all(s == answer for s, answer in pairs), pairs
+
+
+def test_follow_ups_through_the_gateway_match_transformers(gateway: RunningGateway, demo_model) -> None:
+    """A chat as people have it, through the gateway with the official client: a question about an image, its
+    answer, then a follow-up question about the same image (text only). vLLM's greedy follow-up answers equal
+    transformers' on the same conversations, and the model answers them right, so the image in an earlier turn
+    reaches the engine and is read."""
+    conversations, images = followup_set(2, seed=11)  # two follow-ups of each kind but descriptions
+    model, processor = demo_model
+    expected = generate_answers(model, processor, conversations, images)
+
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    served = []
+    for turns, image in zip(conversations, images, strict=True):
+        image_part = {"type": "image_url", "image_url": {"url": data_url(Image.fromarray(image))}}
+        messages = chat_messages(turns, image_part)[:-1]  # up to the follow-up question
+        assert isinstance(messages[-1]["content"], str)  # the follow-up carries no image of its own
+        reply = client.chat.completions.create(model="vlmgate-demo", messages=messages, temperature=0, max_tokens=8)
+        served.append(reply.choices[0].message.content.strip())
+
+    assert served == expected
+    # Follow-ups were trained (a quarter of the rows; held-out follow-up colour 0.99, shape 0.90, count 0.93): the
+    # colour and shape follow-ups of this sample are answered right.
+    for kind in ("colour", "shape"):
+        asked = [(s, turns[-1]) for s, turns in zip(served, conversations, strict=True)]
+        pairs = [(s, follow_up.answer) for s, follow_up in asked if follow_up.kind == kind]
+        assert pairs, f"no {kind} follow-up in the sample"
         assert all(s == answer for s, answer in pairs), pairs

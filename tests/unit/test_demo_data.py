@@ -225,6 +225,7 @@ def test_conversation_tokens_equal_the_processors(tiny_model_dir: Path, system_p
     from transformers import AutoProcessor
 
     from vlmgate.finetune.demo.batching import PromptEncoder, collate
+    from vlmgate.finetune.demo.data import chat_messages
     from vlmgate.finetune.demo.recipe import ScenePool
     from vlmgate.finetune.tiny_vlm import chat_template
 
@@ -234,12 +235,7 @@ def test_conversation_tokens_equal_the_processors(tiny_model_dir: Path, system_p
     conversations, images = ScenePool(40, seed=0, noise=0.3).conversations(np.random.default_rng(2), 8, turns=3)
     assert max(len(turns) for turns in conversations) == 3
     for turns, image in zip(conversations, images, strict=True):
-        first = [{"type": "image"}, {"type": "text", "text": turns[0].question}]
-        messages = [{"role": "user", "content": first if turns[0].image_first else first[::-1]}]
-        for i, ex in enumerate(turns):
-            if i:
-                messages.append({"role": "user", "content": [{"type": "text", "text": ex.question}]})
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": ex.answer}]})
+        messages = chat_messages(turns, {"type": "image"})  # what evaluation and clients send
         ref = processor(text=[processor.apply_chat_template(messages)], images=[Image.fromarray(image)],
                         return_tensors="pt")  # fmt: skip
         ids, labels = encoder.encode_turns(turns)

@@ -44,3 +44,20 @@ def test_int4_on_a_cpu_without_the_kernel_is_refused_and_bf16_is_not(tmp_path: P
     assert "--model" in bf16.command(8000)
     monkeypatch.setattr(vllm, "cpu_has_int4_kernel", lambda: True)
     assert "--model" in int4.command(8000)
+
+
+def test_the_int4_bench_says_so_before_starting_any_engine(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`python -m vlmgate.quantize.bench` on such a CPU: one clear line and exit 2, not a traceback after the
+    bf16 model's whole run."""
+    from vlmgate.quantize import bench
+
+    monkeypatch.setattr(vllm, "cpu_has_int4_kernel", lambda: False)
+    started = []
+    monkeypatch.setattr(vllm.VLLMEngine, "start", lambda self: started.append(self))
+    bf16, int4 = _model(tmp_path / "bf16", None), _model(tmp_path / "int4", W4A16)
+    assert bench.main(["--bf16", str(bf16), "--int4", str(int4)]) == 2
+    assert started == []
+    err = capsys.readouterr().err
+    assert err.startswith("bench: ")
+    assert "no 4-bit kernel for this CPU" in err
+    assert "Traceback" not in err
