@@ -31,7 +31,9 @@ from vlmgate.finetune.demo.shapes import (
 KINDS = ("colour", "shape", "count", "position", "describe")
 
 # {col} colour/color, {o} noun (plural when several shapes), {be} is/are, {it} it/they, {img} image word,
-# {os} plural noun, {do} does/do.
+# {os} plural noun, {do} does/do, {options} a choice of two or three answers, the right one among them ("red or
+# blue", "a circle, a square or a triangle", "two or three", "on the left or in the center"): people ask either/or
+# questions of every kind, and a model that met them only about shapes answers "red or blue?" with a shape.
 TRAIN: dict[str, list[str]] = {
     "colour": [
         "What {col} {be} the {o}?", "Which {col} {be} the {o}?", "What is the {col} of the {o}?",
@@ -42,6 +44,7 @@ TRAIN: dict[str, list[str]] = {
         "{Col} of the {o}?", "Say the {col} of the {o}.", "What {col} was used for the {o}?",
         "Please name the {col}.", "What {col} {be} the {o} painted?", "Which {col} is shown in the {img}?",
         "What {col} {be} the {o} in the {img}?", "Give me the {col} of the {o}.",
+        "{Be} the {o} {options}?", "{Be} {it} {options}?", "{Options}?", "Is the {col} {options}?",
     ],
     "shape": [
         "What shape {be} the {o}?", "What shape do you see?", "Which shape is in the {img}?",
@@ -51,7 +54,7 @@ TRAIN: dict[str, list[str]] = {
         "Identify the shape in this {img}.", "Circle, square or triangle?", "What shape {be} {it}?",
         "Can you tell me the shape?", "What figure is drawn in the {img}?", "The {o} {be} what shape?",
         "Which shape does the {img} show?", "In one word, what shape {be} {it}?", "Give me the shape of the {o}.",
-        "What kind of {o} {be} in the {img}?",
+        "What kind of {o} {be} in the {img}?", "{Be} the {o} {options}?", "{Options}?",
     ],
     "count": [
         "How many {os} are there?", "How many {os} do you see?", "How many {os} are in the {img}?",
@@ -60,7 +63,8 @@ TRAIN: dict[str, list[str]] = {
         "How many {os} are drawn?", "What's the count of {os}?", "Can you count the {os} in this {img}?",
         "How many {os} are visible?", "How many of them are there?", "Give me the number of {os}.",
         "Count the {os} in the {img}.", "How many {os} appear?", "The {img} has how many {os}?",
-        "Count?", "How many {os} in total?",
+        "Count?", "How many {os} in total?", "Are there {options} {os}?", "{Options} {os}?",
+        "Is the number of {os} {options}?",
     ],
     "position": [
         "Where is the {o}?", "Where is it?", "Where is the {o} in the {img}?", "Where is the {o} located?",
@@ -71,6 +75,7 @@ TRAIN: dict[str, list[str]] = {
         "Where in the {img} is it?", "Where's the {o}?", "Give the position of the {o}.",
         "Where is the {o} placed?", "Find the {o}: where is it?", "On which side is the {o}?",
         "Which corner or side is the {o} in?", "Location of the {o}?", "Where was the {o} drawn?",
+        "Is the {o} {options}?", "Is it {options}?", "{Options}?",
     ],
     "describe": [
         "Describe the {img}.", "What is in the {img}?", "What do you see?", "Describe this {img} briefly.",
@@ -144,9 +149,41 @@ def answer_for(scene: Scene, kind: str) -> str:
     raise ValueError(f"unknown question kind {kind!r}; choose from {KINDS}")
 
 
-def phrase(rng: np.random.Generator, kind: str, count: int, phrasing: str = "train") -> str:
-    """A random wording of a question of this kind about a scene with `count` shapes."""
+# How a choice offers each answer ("Is it in the top left or on the right?").
+POSITION_PHRASES = {p: ("at the " if p in ("top", "bottom") else "on the " if p in ("left", "right") else "in the ") + p
+                    for p in POSITIONS}  # fmt: skip
+
+
+def choices(rng: np.random.Generator, kind: str, answer: str, plural: bool) -> str:
+    """Two or three answers of this kind, the right one among them, in random order: 'red, blue or green'."""
+    if kind == "colour":
+        vocabulary = list(COLOURS)
+    elif kind == "shape":
+        vocabulary = list(SHAPES)
+    elif kind == "count":
+        vocabulary = [str(n) for n in range(1, MAX_COUNT + 1)]
+    elif kind == "position":
+        vocabulary = list(POSITIONS)
+    else:
+        raise ValueError(f"no choice questions of kind {kind!r}")
+    others = [v for v in vocabulary if v != answer]
+    picked = [answer, *rng.choice(others, size=int(rng.integers(1, 3)), replace=False)]
+    picked = [str(v) for v in rng.permutation(picked)]
+    if kind == "shape":
+        picked = [PLURALS[v] if plural else ("an " if v[0] in "aeiou" else "a ") + v for v in picked]
+    elif kind == "count" and rng.random() < 0.5:
+        picked = [COUNT_WORDS[int(v)] for v in picked]
+    elif kind == "position":
+        picked = [POSITION_PHRASES[v] for v in picked]
+    return ", ".join(picked[:-1]) + " or " + picked[-1]
+
+
+def phrase(rng: np.random.Generator, kind: str, count: int, phrasing: str = "train", answer: str | None = None) -> str:
+    """A random wording of a question of this kind about a scene with `count` shapes (a choice question needs the
+    answer, to offer it among others; without one, no choice template is drawn)."""
     templates = (TRAIN if phrasing == "train" else UNSEEN)[kind]
+    if answer is None:
+        templates = [t for t in templates if "ptions}" not in t]
     template = str(rng.choice(templates))
     noun = str(rng.choice(NOUNS[1:] if kind == "shape" else NOUNS))
     plural = count > 1
@@ -161,7 +198,10 @@ def phrase(rng: np.random.Generator, kind: str, count: int, phrasing: str = "tra
         "it": "they" if plural else "it",
         "img": str(rng.choice(IMAGE_WORDS)),
     }
-    slots["Col"] = slots["col"].capitalize()
+    slots["Col"], slots["Be"] = slots["col"].capitalize(), slots["be"].capitalize()
+    if "ptions}" in template:
+        slots["options"] = choices(rng, kind, str(answer), plural)
+        slots["Options"] = slots["options"][0].upper() + slots["options"][1:]
     text = (str(rng.choice(PREFIXES)) + template + str(rng.choice(SUFFIXES))).format(**slots)
     # People type freely: sometimes all lower case, sometimes without the closing punctuation.
     if rng.random() < 0.2:
@@ -191,8 +231,9 @@ def may_share_image(first: str, then: str) -> bool:
 
 def ask(rng: np.random.Generator, scene: Scene, kind: str, *, phrasing: str = "train") -> Example:
     """A question of this kind about a given scene (the image goes first in 85% of the turns, as most UIs do)."""
-    question = phrase(rng, kind, scene.count, phrasing)
-    return Example(scene, kind, question, answer_for(scene, kind), image_first=bool(rng.random() < 0.85))
+    answer = answer_for(scene, kind)
+    return Example(scene, kind, phrase(rng, kind, scene.count, phrasing, answer), answer,
+                   image_first=bool(rng.random() < 0.85))  # fmt: skip
 
 
 def add_noise(rng: np.random.Generator, question: str, max_words: int = 3) -> str:
@@ -222,6 +263,6 @@ def tokenizer_corpus() -> list[str]:
     lines += [*NOUNS, *IMAGE_WORDS, "colour", "color", "shapes", "objects", "things", "figures", "items"]
     # Answers start a line in the chat template, with no leading space; repeat them so their merges win.
     lines += answer_vocabulary() * 20
-    lines += [f"the {p}" for p in POSITIONS] * 5
+    lines += [f"the {p}" for p in POSITIONS] * 5 + list(POSITION_PHRASES.values()) * 5
     lines += [f"{n} {c} {s}" for n in COUNT_WORDS[2 : MAX_COUNT + 1] for c in COLOURS for s in PLURALS.values()]
     return lines

@@ -84,9 +84,12 @@ class DemoTrainConfig:
     """Every knob of `vlmgate demo train`; the defaults reproduce the shipped model."""
 
     seed: int = 0  # seeds weights, scene pool and question sampling
-    pool_size: int = 8000  # distinct training images (mirroring doubles them)
-    # Lay each draw's shapes over another pool image's background (ScenePool). The previous model (one question a
-    # row) answered shape 0.99 on its training images but 0.94 on fresh ones; with this the gap closed (0.98 on
+    # Distinct training images (mirroring doubles them). 32000 left stage 0's vision shape head where it was on fresh
+    # images (0.950 against 0.952 at 8000, 14-17 px 0.940 / 0.932): fresh shapes are limited by the vision tower, not
+    # by how many images it saw.
+    pool_size: int = 8000
+    # Lay each draw's shapes over another pool image's background (ScenePool). The model with one question a row
+    # answered shape 0.99 on its training images but 0.94 on fresh ones; with this the gap closed (0.98 on
     # training images), but on 1000 fresh examples per kind two runs scored shape 0.945 / 0.951, describe 0.92 /
     # 0.909 against that model's 0.941 / 0.900: within noise, so off. Small shapes are the limit.
     shuffle_backgrounds: bool = False
@@ -98,8 +101,8 @@ class DemoTrainConfig:
     lr_lm: float = 2e-3  # language model (random init, so a high rate)
     # Vision tower (already aligned in stage 0); 0 freezes it: no backward pass through it, stage-1 steps 424 instead
     # of ~480 ms (2 threads), 14.5-15.2 min in all. Four frozen runs (1000 per kind) scored about a point under the
-    # previous model: shape 0.924-0.939 (0.941), count 0.943-0.950 (0.958), describe 0.884-0.897 (0.900); position
-    # 0.935-0.993, the summary heads' race (see summary_weight).
+    # model with one question a row: shape 0.924-0.939 (0.941), count 0.943-0.950 (0.958), describe 0.884-0.897
+    # (0.900); position 0.935-0.993, the summary heads' race (see summary_weight).
     lr_vision: float = 5e-4
     lr_merger: float = 1e-3
     aux_weight: float = 0.3  # weight of the stage-0 heads' loss during stage 1
@@ -140,11 +143,12 @@ class DemoTrainConfig:
     follow_ups: int = 1
     # ... in this share of the rows (the others: one question). A batch is padded to its longest row, so a few rows
     # with follow-ups would make most batches longer: with length_groups > 1 they gather in batches of their own.
-    # The shipped model (follow_ups 1, share 0.25, length_groups 8): follow-up answers colour / shape / count /
-    # position 0.994 / 0.903 / 0.930 / 0.817, against 0.949 / 0.19 / 0.507 / 0.508 for the previous model (one
-    # question a row, no grouping), in 15.8 min (16.0); held-out colour / shape / count / position / describe
-    # 0.995 / 0.943 / 0.950 / 0.967 / 0.898 (previous 1.00 / 0.941 / 0.958 / 0.991 / 0.900). With the tower frozen
-    # too: 15.2 min, position 0.946.
+    # Follow_ups 1, share 0.25, length_groups 8 (measured before choice questions joined the templates): follow-up
+    # answers colour / shape / count / position 0.994 / 0.903 / 0.930 / 0.817, against 0.949 / 0.19 / 0.507 / 0.508
+    # with one question a row and no grouping, in 15.8 min (16.0); held-out colour / shape / count / position /
+    # describe 0.995 / 0.943 / 0.950 / 0.967 / 0.898 (one question a row: 1.00 / 0.941 / 0.958 / 0.991 / 0.900). With
+    # the tower frozen too: 15.2 min, position 0.946. The shipped model, with choice questions too: follow-ups 0.984 /
+    # 0.900 / 0.889 / 0.939, held-out 0.990 / 0.950 / 0.931 / 0.987 / 0.892, 15.3 min.
     follow_up_share: float = 0.25
     question_noise: float = 0.3  # share of training questions with made-up words inserted (unfamiliar wording)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # question kinds to train and evaluate on

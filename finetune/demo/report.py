@@ -79,7 +79,8 @@ on any CPU without a download.
 ## Use
 Send one image (best: a drawing like those `vlmgate demo generate` writes, any size; it is scaled to about
 112x112) and a question:
-"What colour is the shape?", "How many objects are there?", "Where is the triangle?", "Describe the image."
+"What colour is the shape?", "How many objects are there?", "Where is the triangle?", "Describe the image.", or a
+choice: "Is it red or blue?", "Are there two or three shapes?".
 Answers: a colour (red, green, blue, yellow, purple, orange), a shape (circle, square, triangle), a number
 (1-4), a place (top left, top, top right, left, center, right, bottom left, bottom, bottom right) or a short
 description ("three red circles").
@@ -88,7 +89,8 @@ description ("three red circles").
 `vlmgate.finetune.demo.shapes` draws 1-4 identical shapes (one colour, one kind) in distinct cells of a 3x3 grid
 on blotchy or gradient low-saturation backgrounds, with varied shades, sizes (14-30 px) and jitter.
 `questions.py` asks about them in {sum(len(v) for v in TRAIN.values())} training templates (plus varied nouns,
-image words, prefixes, suffixes, casing), counts balanced, kinds balanced in stage 0. Training used
+image words, prefixes, suffixes, casing; {_choice_templates()} of them offer a choice of two or three answers, the
+right one among them), counts balanced, kinds balanced in stage 0. Training used
 {cfg["pool_size"]} pre-rendered images (and their mirror images) with a fresh question every
 time{_if_set(cfg, "shuffle_backgrounds")}{_if_set(cfg, "question_noise")}.
 `vlmgate demo generate` writes the same data as JSONL in the project's chat format.
@@ -184,6 +186,10 @@ def _kind_weights(cfg: dict) -> str:
     if len(set(weights.values())) < 2:
         return ""
     return " (kinds asked with relative weights " + ", ".join(f"{k} {w}" for k, w in weights.items()) + ")"
+
+
+def _choice_templates() -> int:
+    return sum("{options}" in t.lower() for templates in TRAIN.values() for t in templates)
 
 
 def _length_groups(cfg: dict) -> str:

@@ -136,6 +136,39 @@ def test_unseen_phrasings_never_reach_training() -> None:
     assert not train_questions & unseen_questions
 
 
+@pytest.mark.parametrize("kind", ["colour", "shape", "count", "position"])
+def test_choice_questions_of_every_kind_offer_the_right_answer(kind: str) -> None:
+    """Either/or questions come in every kind but descriptions: two or three answers of the kind, the right one
+    among them, in varied order (so that 'red or blue?' is not read as a shape question, nor the first option
+    as the answer)."""
+    from vlmgate.finetune.demo.questions import POSITION_PHRASES, ask, choices
+    from vlmgate.finetune.demo.shapes import COUNT_WORDS, PLURALS, sample_scene
+
+    def offered(text: str, answer: str, plural: bool) -> str:
+        if kind == "shape":
+            return PLURALS[answer] if plural else f"{'an' if answer[0] in 'aeiou' else 'a'} {answer}"
+        if kind == "position":
+            return POSITION_PHRASES[answer]
+        return COUNT_WORDS[int(answer)] if kind == "count" and answer not in text else answer
+
+    rng = np.random.default_rng(5)
+    sizes, first = collections.Counter(), collections.Counter()
+    for _ in range(300):
+        scene = sample_scene(rng, count=1 if kind == "position" else None)
+        answer = answer_for(scene, kind)
+        text = choices(rng, kind, answer, scene.count > 1)
+        options = text.replace(" or ", ", ").split(", ")
+        assert offered(text, answer, scene.count > 1) in options, (text, answer)
+        assert len(set(options)) == len(options)
+        sizes[len(options)] += 1
+        first[options[0] == offered(text, answer, scene.count > 1)] += 1
+    assert set(sizes) == {2, 3}
+    assert 0.25 < first[True] / 300 < 0.6  # the right answer is not always first
+    # ... and they are asked: a share of the training questions of this kind offers a choice.
+    asked = [ask(rng, sample_scene(rng, count=1 if kind == "position" else None), kind) for _ in range(400)]
+    assert 0.05 < sum(" or " in ex.question for ex in asked) / 400 < 0.3
+
+
 def test_noise_inserts_made_up_words_and_keeps_the_question_in_order() -> None:
     from vlmgate.finetune.demo.questions import add_noise
 
