@@ -154,6 +154,10 @@ POSITION_PHRASES = {p: ("at the " if p in ("top", "bottom") else "on the " if p 
                     for p in POSITIONS}  # fmt: skip
 
 
+def offers_choice(template: str) -> bool:
+    return "{options}" in template.lower()
+
+
 def choices(rng: np.random.Generator, kind: str, answer: str, plural: bool) -> str:
     """Two or three answers of this kind, the right one among them, in random order: 'red, blue or green'."""
     if kind == "colour":
@@ -183,7 +187,7 @@ def phrase(rng: np.random.Generator, kind: str, count: int, phrasing: str = "tra
     answer, to offer it among others; without one, no choice template is drawn)."""
     templates = (TRAIN if phrasing == "train" else UNSEEN)[kind]
     if answer is None:
-        templates = [t for t in templates if "ptions}" not in t]
+        templates = [t for t in templates if not offers_choice(t)]
     template = str(rng.choice(templates))
     noun = str(rng.choice(NOUNS[1:] if kind == "shape" else NOUNS))
     plural = count > 1
@@ -199,7 +203,7 @@ def phrase(rng: np.random.Generator, kind: str, count: int, phrasing: str = "tra
         "img": str(rng.choice(IMAGE_WORDS)),
     }
     slots["Col"], slots["Be"] = slots["col"].capitalize(), slots["be"].capitalize()
-    if "ptions}" in template:
+    if offers_choice(template):
         slots["options"] = choices(rng, kind, str(answer), plural)
         slots["Options"] = slots["options"][0].upper() + slots["options"][1:]
     text = (str(rng.choice(PREFIXES)) + template + str(rng.choice(SUFFIXES))).format(**slots)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from vlmgate.finetune.demo.evaluate import markdown_table
-from vlmgate.finetune.demo.questions import KINDS, TRAIN, UNSEEN
+from vlmgate.finetune.demo.questions import KINDS, TRAIN, UNSEEN, offers_choice
 
 
 def plot_history(history: dict, png: str | Path) -> Path:
@@ -189,7 +189,7 @@ def _kind_weights(cfg: dict) -> str:
 
 
 def _choice_templates() -> int:
-    return sum("{options}" in t.lower() for templates in TRAIN.values() for t in templates)
+    return sum(offers_choice(t) for templates in TRAIN.values() for t in templates)
 
 
 def _length_groups(cfg: dict) -> str:
