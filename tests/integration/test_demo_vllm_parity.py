@@ -46,7 +46,7 @@ def test_vllm_matches_transformers(demo_engine_url: str, demo_model, examples) -
 
     assert served == expected
     # And the served model really looks at the image: colour and shape, the kinds the shipped checkpoint has
-    # learned (held-out 1.00 and 0.94; see finetune/demo/MODEL_CARD.md for every kind), are answered right.
+    # learned (held-out 0.99 and 0.95; see finetune/demo/MODEL_CARD.md for every kind), are answered right.
     for kind in ("colour", "shape"):
         pairs = [(s, ex.answer) for s, ex in zip(served, items, strict=True) if ex.kind == kind]
         assert pairs, f"no {kind} question in the sample"
@@ -72,7 +72,7 @@ def test_follow_ups_through_the_gateway_match_transformers(gateway: RunningGatew
         served.append(reply.choices[0].message.content.strip())
 
     assert served == expected
-    # Follow-ups were trained (a quarter of the rows; held-out follow-up colour 0.99, shape 0.90, count 0.93): the
+    # Follow-ups were trained (a quarter of the rows; held-out follow-up colour 0.98, shape 0.90): the
     # colour and shape follow-ups of this sample are answered right.
     for kind in ("colour", "shape"):
         asked = [(s, turns[-1]) for s, turns in zip(served, conversations, strict=True)]
