@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
-from vlmgate.finetune.demo.questions import Example
+from vlmgate.finetune.demo.questions import Example, as_turns
 from vlmgate.finetune.demo.shapes import COLOURS, GRID, IMAGE_SIZE, SHAPES
 
 PATCH, MERGE, TEMPORAL = 14, 2, 2
@@ -136,7 +136,7 @@ def aux_targets(examples: list[Example]) -> dict[str, torch.Tensor]:
 def collate(encoder: PromptEncoder, examples: list[Example] | list[list[Example]], images: np.ndarray) -> Batch:
     """Right-padded batch of examples (or of conversations: lists of turns about one image) and their uint8
     (B, H, W, 3) images."""
-    conversations = [ex if isinstance(ex, list) else [ex] for ex in examples]
+    conversations = [as_turns(row) for row in examples]
     encoded = [encoder.encode_turns(turns) for turns in conversations]
     examples = [turns[0] for turns in conversations]
     length = max(len(ids) for ids, _ in encoded)

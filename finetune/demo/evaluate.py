@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmgate.finetune.demo.data import chat_messages
-from vlmgate.finetune.demo.questions import KINDS, Example, ask, may_share_image, sample_example
+from vlmgate.finetune.demo.questions import KINDS, Example, as_turns, ask, may_share_image, sample_example
 from vlmgate.finetune.demo.shapes import render, sample_scene
 
 EVAL_SEED = 1_000_003  # disjoint from the training streams ([seed, 1], [seed, 2])
@@ -77,7 +77,7 @@ def generate_answers(
 
     answers = []
     for item, image in zip(examples, images, strict=True):
-        messages = chat_messages(item if isinstance(item, list) else [item], {"type": "image"})[:-1]
+        messages = chat_messages(as_turns(item), {"type": "image"})[:-1]
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt")
         with torch.no_grad():

@@ -132,6 +132,11 @@ class Example:
     image_first: bool = True
 
 
+def as_turns(row: Example | list[Example]) -> list[Example]:
+    """A training or evaluation row as the turns of a conversation: one example is a conversation of one turn."""
+    return row if isinstance(row, list) else [row]
+
+
 def answer_for(scene: Scene, kind: str) -> str:
     """The canonical answer to a question of this kind about this scene."""
     if kind == "colour":

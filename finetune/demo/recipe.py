@@ -49,7 +49,15 @@ from vlmgate.finetune.demo.batching import (
     patchify,
     speed_up_vision,
 )
-from vlmgate.finetune.demo.questions import KINDS, Example, add_noise, ask, may_share_image, tokenizer_corpus
+from vlmgate.finetune.demo.questions import (
+    KINDS,
+    Example,
+    add_noise,
+    as_turns,
+    ask,
+    may_share_image,
+    tokenizer_corpus,
+)
 from vlmgate.finetune.demo.shapes import (
     MAX_COUNT,
     Scene,
@@ -291,7 +299,7 @@ def length_grouped(draw: Callable[[int], tuple[list, np.ndarray]], rng: np.rando
         yield draw(batch)  # off: the plain draw (the same random stream as ever)
     while True:
         rows, images = draw(batch * groups)
-        lengths = [len(encoder.encode_turns(row if isinstance(row, list) else [row])[0]) for row in rows]
+        lengths = [len(encoder.encode_turns(as_turns(row))[0]) for row in rows]
         order = np.argsort(lengths, kind="stable")
         for group in rng.permutation(groups):
             chosen = order[group * batch : (group + 1) * batch]
@@ -352,7 +360,7 @@ def evaluate_examples(
     """Held-out exact match per question kind (teacher-forced, equal to greedy decoding's exact match); for
     conversations with last_answer_only, of their last answer, per the kind of their last question."""
     hits = match_examples(model, encoder, examples, images, batch_size, last_answer_only)
-    asked = [ex[-1].kind if isinstance(ex, list) else ex.kind for ex in examples]
+    asked = [as_turns(row)[-1].kind for row in examples]
     kinds = [k for k in KINDS if k in asked]
     return {k: float(np.mean([h for h, a in zip(hits, asked, strict=True) if a == k])) for k in kinds}
 
