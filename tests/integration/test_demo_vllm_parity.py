@@ -12,6 +12,7 @@ from PIL import Image
 from tests.conftest import RunningGateway
 from vlmgate.finetune.demo.data import chat_messages, data_url, record
 from vlmgate.finetune.demo.evaluate import DEFAULT_MODEL, followup_set, generate_answers, heldout_set, load
+from vlmgate.finetune.demo.questions import Example
 
 pytestmark = pytest.mark.engine
 
@@ -21,6 +22,14 @@ def examples():
     # Two held-out examples of each kind, images the model never trained on.
     examples, images = heldout_set(2, style="train", phrasing="train", seed=11)
     return examples, images
+
+
+def assert_colour_and_shape_right(served: list[str], asked: list[Example]) -> None:
+    """The served answers to the colour and shape questions of the sample (there are some of each) are right."""
+    for kind in ("colour", "shape"):
+        pairs = [(s, ex.answer) for s, ex in zip(served, asked, strict=True) if ex.kind == kind]
+        assert pairs, f"no {kind} question in the sample"
+        assert all(s == answer for s, answer in pairs), pairs
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +56,7 @@ def test_vllm_matches_transformers(demo_engine_url: str, demo_model, examples) -
     assert served == expected
     # And the served model really looks at the image: colour and shape, the kinds the shipped checkpoint has
     # learned (held-out 0.99 and 0.95; see finetune/demo/MODEL_CARD.md for every kind), are answered right.
-    for kind in ("colour", "shape"):
-        pairs = [(s, ex.answer) for s, ex in zip(served, items, strict=True) if ex.kind == kind]
-        assert pairs, f"no {kind} question in the sample"
-        assert all(s == answer for s, answer in pairs), pairs
+    assert_colour_and_shape_right(served, items)
 
 
 def test_follow_ups_through_the_gateway_match_transformers(gateway: RunningGateway, demo_model) -> None:
@@ -74,8 +80,4 @@ def test_follow_ups_through_the_gateway_match_transformers(gateway: RunningGatew
     assert served == expected
     # Follow-ups were trained (a quarter of the rows; held-out follow-up colour 0.98, shape 0.90): the
     # colour and shape follow-ups of this sample are answered right.
-    for kind in ("colour", "shape"):
-        asked = [(s, turns[-1]) for s, turns in zip(served, conversations, strict=True)]
-        pairs = [(s, follow_up.answer) for s, follow_up in asked if follow_up.kind == kind]
-        assert pairs, f"no {kind} follow-up in the sample"
-        assert all(s == answer for s, answer in pairs), pairs
+    assert_colour_and_shape_right(served, [turns[-1] for turns in conversations])
