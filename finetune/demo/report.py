@@ -99,7 +99,8 @@ time{_if_set(cfg, "shuffle_backgrounds")}{_if_set(cfg, "question_noise")}.
 - Architecture: text {cfg["model"]["num_layers"]} layers x {cfg["model"]["hidden_size"]} hidden, vision depth
   {cfg["model"]["vision_depth"]} x {cfg["model"]["vision_embed_dim"]}, 16 image tokens per 112x112 image, byte-level
   BPE tokenizer (vocab {cfg["model"]["vocab_size"]}) trained offline in which every answer word is one token.
-  Text M-RoPE: rope_theta {cfg["model"]["rope_theta"]:g}, mrope_section {cfg["model"]["mrope_section"]}.
+  Text M-RoPE: rope_theta {cfg["model"]["rope_theta"]:g}, mrope_section {cfg["model"]["mrope_section"]}. Chat
+  template: Qwen2-VL's, {_system_prompt(cfg["model"].get("system_prompt"))}.
 - Stage 0 ({cfg["stage0_steps"]} steps, batch {cfg["stage0_batch"]}, lr {cfg["stage0_lr"]}): vision tower + merger
   alone with linear heads on the merged tokens: colour, shape, count (max- and mean-pooled), occupied cells (flattened),
   shape-centre flags per token{_if_set(cfg, "mass_weight")}{_if_set(cfg, "token_shape_weight")}.
@@ -111,7 +112,7 @@ time{_if_set(cfg, "shuffle_backgrounds")}{_if_set(cfg, "question_noise")}.
   {cfg.get("summary_weight", 0)}) on the language model's hidden state at `<|vision_end|>` after text layer
   {cfg.get("summary_layer", 0)}: colour, shape, count, occupied cells, rows and columns. `<|vision_end|>` sits at
   one fixed M-RoPE offset from every image token, so it can learn once where the shapes are; an answer token's
-  offset to the image changes with the question's length.{averaging}
+  offset to the image changes with the question's length.{_if_set(cfg, "answer_summary_layer")}{averaging}
 - Precision: trained in fp32; shipped weights in {meta["dtype"]} ({size_mb:.1f} MB directory).
 
 ![training](training.png)
@@ -174,6 +175,11 @@ OPTIONAL_TEXTS = {
         " {follow_ups}) of other kinds (a description alone; position never with count), so that the image's tokens"
         " serve several answers and follow-up questions are answered too"
     ),
+    "answer_summary_layer": (
+        " The same heads (weight {answer_summary_weight}) read the state after text layer {answer_summary_layer} that"
+        " predicts each answer's first token, whatever the question asks: every row teaches the answer position to"
+        " gather the image's facts, and the last layer only picks the one asked for."
+    ),
     "question_noise": (
         "; {question_noise:.0%} of the questions had 1-3 made-up words inserted, so that the model learns to find"
         " its cue words among words it never read"
@@ -197,6 +203,12 @@ def _length_groups(cfg: dict) -> str:
     if groups < 2:
         return ""
     return f" (drawn {groups} batches at a time and grouped by length, so that a batch pads little)"
+
+
+def _system_prompt(prompt: str | None) -> str:
+    if prompt:
+        return f'with the default system prompt "{prompt}" when a conversation brings none'
+    return "without a default system prompt (a conversation's own system message is kept)"
 
 
 def _if_set(cfg: dict, key: str) -> str:

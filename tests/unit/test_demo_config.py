@@ -55,7 +55,41 @@ def test_stage1_freezes_the_vision_tower_when_its_rate_is_0(tiny_model_dir: Path
 
     examples, images = ScenePool(8, seed=0).sample(np.random.default_rng(0), 2)
     batch = collate(PromptEncoder(AutoTokenizer.from_pretrained(tiny_model_dir), 16), examples, images)
-    loss, merged, _, summary = answer_loss(model, batch, summary_layer=1)
+    loss, merged, _, summary, _, _ = answer_loss(model, batch, summary_layer=1)
     (loss + heads.loss(merged, batch.aux)[0] + summary_heads.loss(summary, batch.aux)[0]).backward()
     assert all((p.grad is not None) == bool(lr_vision) for p in tower)
     assert visual.merger.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_answer_states_are_read_where_each_answer_starts(tiny_model_dir: Path) -> None:
+    """The answer-summary heads read the state that predicts each answer's first token: one per answer, follow-ups
+    included, in the row it belongs to."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    from vlmgate.finetune.demo.batching import PromptEncoder, collate
+    from vlmgate.finetune.demo.recipe import ScenePool, answer_loss
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations, images = ScenePool(8, seed=0).conversations(np.random.default_rng(0), 3, turns=2, share=0.5)
+    assert sorted(len(c) for c in conversations) != [1, 1, 1]  # some follow-ups to find
+    batch = collate(PromptEncoder(tokenizer, 16), conversations, images)
+    with torch.no_grad():
+        out = answer_loss(model, batch, answer_layer=1)
+        rest = {k: v for k, v in batch.inputs.items() if k != "pixel_values"}
+        vision = model.model.get_image_features(batch.inputs["pixel_values"], batch.inputs["image_grid_thw"],
+                                                return_dict=True)  # fmt: skip
+        layer1 = model.model(**rest, mm_encoder_outputs={"image": vision}, output_hidden_states=True).hidden_states[1]
+
+    assert out.answer_rows.tolist() == [i for i, turns in enumerate(conversations) for _ in turns]
+    expected = []
+    for i, turns in enumerate(conversations):
+        ids = batch.inputs["input_ids"][i].tolist()
+        for turn in turns:  # the first answer token follows the assistant header each time
+            answer_ids = tokenizer(turn.answer, add_special_tokens=False)["input_ids"]
+            starts = [p for p in range(len(ids)) if ids[p + 1 : p + 1 + len(answer_ids)] == answer_ids]
+            start = next(p for p in starts if (i, p) not in expected and batch.labels[i, p + 1] != -100)
+            expected.append((i, start))
+    assert torch.allclose(out.answer_states, torch.stack([layer1[i, p] for i, p in expected]), atol=1e-5)
