@@ -24,12 +24,13 @@ def examples():
     return examples, images
 
 
-def assert_colour_and_shape_right(served: list[str], asked: list[Example]) -> None:
-    """The served answers to the colour and shape questions of the sample (there are some of each) are right."""
+def assert_colour_and_shape_right(served: list[str], asked: list[Example], share: float = 1.0) -> None:
+    """The served answers to the colour and shape questions of the sample (there are some of each) are right, all of
+    them or at least this share of each kind."""
     for kind in ("colour", "shape"):
         pairs = [(s, ex.answer) for s, ex in zip(served, asked, strict=True) if ex.kind == kind]
         assert pairs, f"no {kind} question in the sample"
-        assert all(s == answer for s, answer in pairs), pairs
+        assert sum(s == answer for s, answer in pairs) >= share * len(pairs), pairs
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_follow_ups_through_the_gateway_match_transformers(gateway: RunningGatew
     answer, then a follow-up question about the same image (text only). vLLM's greedy follow-up answers equal
     transformers' on the same conversations, and the model answers them right, so the image in an earlier turn
     reaches the engine and is read."""
-    conversations, images = followup_set(2, seed=11)  # two follow-ups of each kind but descriptions
+    conversations, images = followup_set(4, seed=11)  # four follow-ups of each kind but descriptions
     model, processor = demo_model
     expected = generate_answers(model, processor, conversations, images)
 
@@ -78,6 +79,7 @@ def test_follow_ups_through_the_gateway_match_transformers(gateway: RunningGatew
         served.append(reply.choices[0].message.content.strip())
 
     assert served == expected
-    # Follow-ups were trained (a quarter of the rows; held-out follow-up colour 0.98, shape 0.90): the
-    # colour and shape follow-ups of this sample are answered right.
-    assert_colour_and_shape_right(served, [turns[-1] for turns in conversations])
+    # Follow-ups were trained (a quarter of the rows; held-out follow-up colour 0.97-0.99, shape 0.88-0.91 from run
+    # to run): at least 3 of the 4 colour and of the 4 shape follow-ups are right. Chance is 1/6 and 1/3; a model
+    # trained on one question per image got 3/4 and 0/4 on this sample.
+    assert_colour_and_shape_right(served, [turns[-1] for turns in conversations], share=0.75)
