@@ -402,9 +402,10 @@ def _optimizer(groups, cfg: DemoTrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
 
 
-def stage1_groups(model, heads: AuxHeads, summary_heads: SummaryHeads, cfg: DemoTrainConfig) -> list[dict]:
-    """Stage 1's optimizer parameter groups; with lr_vision 0 the vision tower (patch embedding and blocks) is left
-    out and frozen, so that no gradient flows through it (the merger still learns)."""
+def stage1_groups(model, heads: AuxHeads, summary_heads: torch.nn.Module, cfg: DemoTrainConfig) -> list[dict]:
+    """Stage 1's optimizer parameter groups (summary_heads: every summary head, at the language model's rate); with
+    lr_vision 0 the vision tower (patch embedding and blocks) is left out and frozen, so that no gradient flows
+    through it (the merger still learns)."""
     visual = model.model.visual
     groups = [
         {"params": [p for n, p in model.named_parameters() if not n.startswith("model.visual")], "lr": cfg.lr_lm},
