@@ -151,9 +151,9 @@ class DemoTrainConfig:
     # Relative sampling weights of the question kinds in stage 1 (a kind not named: 1.0); the stage-0 and summary
     # heads learn from every image whatever it is asked, so this only moves where the answers' loss is spent.
     # Colour is learnt first and position from the summary heads; descriptions need colour, shape and count right.
-    # Count at 1.5 (one run, with choice questions): held-out count 0.947, shape 0.941, describe 0.902 against the
-    # shipped 0.931 / 0.950 / 0.892, unseen phrasings count 0.940 / position 0.829 against 0.771 / 0.981: all within
-    # the spread between runs, so left at 1.25.
+    # Count at 1.5 (one run, with choice questions, before the answer summary heads): held-out count 0.947, shape
+    # 0.941, describe 0.902 against 0.931 / 0.950 / 0.892 at 1.25, unseen phrasings count 0.940 / position 0.829
+    # against 0.771 / 0.981: all within the spread between runs, so left at 1.25.
     stage1_kind_weights: dict[str, float] = field(
         default_factory=lambda: {"colour": 0.5, "shape": 1.0, "count": 1.25, "position": 0.75, "describe": 1.5}
     )
@@ -178,8 +178,8 @@ class DemoTrainConfig:
     # answers colour / shape / count / position 0.994 / 0.903 / 0.930 / 0.817, against 0.949 / 0.19 / 0.507 / 0.508
     # with one question a row and no grouping, in 15.8 min (16.0); held-out colour / shape / count / position /
     # describe 0.995 / 0.943 / 0.950 / 0.967 / 0.898 (one question a row: 1.00 / 0.941 / 0.958 / 0.991 / 0.900). With
-    # the tower frozen too: 15.2 min, position 0.946. The shipped model, with choice questions too: follow-ups 0.984 /
-    # 0.900 / 0.889 / 0.939, held-out 0.990 / 0.950 / 0.931 / 0.987 / 0.892, 15.3 min.
+    # the tower frozen too: 15.2 min, position 0.946. With choice questions too (before the answer summary heads):
+    # follow-ups 0.984 / 0.900 / 0.889 / 0.939, held-out 0.990 / 0.950 / 0.931 / 0.987 / 0.892, 15.3 min.
     follow_up_share: float = 0.25
     question_noise: float = 0.3  # share of training questions with made-up words inserted (unfamiliar wording)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # question kinds to train and evaluate on
