@@ -27,18 +27,28 @@ PIXEL_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 TOKEN_SHAPE_MASS = 0.25  # share of a shape a token must hold to be labelled with the shape's kind
 
 
+# Qwen2-VL's normalisation as one multiply-add on 0..255 values: (v / 255 - mean) / std.
+_SCALE = torch.from_numpy(1.0 / (255.0 * PIXEL_STD)).view(1, 3, 1, 1, 1)
+_SHIFT = torch.from_numpy(-PIXEL_MEAN / PIXEL_STD).view(1, 3, 1, 1, 1)
+
+
 def patchify(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B, H, W, 3) -> (pixel_values (B*gh*gw, 3*2*14*14), image_grid_thw (B, 3)), as Qwen2-VL's processor."""
+    """uint8 (B, H, W, 3) -> (pixel_values (B*gh*gw, 3*2*14*14), image_grid_thw (B, 3)), as Qwen2-VL's processor.
+
+    One copy into patch order (each still image twice, for the temporal patch), then normalised in place: a
+    training step's patches in ~2 ms instead of ~9 (numpy's float passes over the whole batch were a tenth of a
+    stage-1 step)."""
     b, h, w, c = images.shape
     gh, gw = h // PATCH, w // PATCH
-    x = (images.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
-    x = torch.from_numpy(x).permute(0, 3, 1, 2)  # B C H W
-    x = x.unsqueeze(1).expand(b, TEMPORAL, c, h, w)  # a still image is repeated over the temporal patch
-    x = x.reshape(b, TEMPORAL, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    pixel_values = x.reshape(b * gh * gw, c * TEMPORAL * PATCH * PATCH).contiguous()
+    x = torch.from_numpy(np.ascontiguousarray(images)).view(b, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH, c)
+    x = x.permute(0, 1, 4, 2, 5, 7, 3, 6).unsqueeze(6)  # B, rows, cols, merge row, merge col, C, (T), P, P
+    pixel_values = torch.empty((b * gh * gw, c, TEMPORAL, PATCH, PATCH), dtype=torch.float32)
+    pixel_values.view(b, gh // MERGE, gw // MERGE, MERGE, MERGE, c, TEMPORAL, PATCH, PATCH).copy_(
+        x.expand(-1, -1, -1, -1, -1, -1, TEMPORAL, -1, -1)
+    )
+    pixel_values.mul_(_SCALE).add_(_SHIFT)
     grid = torch.tensor([[1, gh, gw]] * b, dtype=torch.long)
-    return pixel_values, grid
+    return pixel_values.view(b * gh * gw, c * TEMPORAL * PATCH * PATCH), grid
 
 
 @dataclass
@@ -70,14 +80,26 @@ class PromptEncoder:
             [{"role": "user", "content": "\x01"}, {"role": "assistant", "content": "\x02"},
              {"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True)  # fmt: skip
         self.between = two.split("\x02")[1].split(marker)[0].removeprefix("<|im_end|>")
+        self._cache: dict[str, list[int]] = {}
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids of text, no special tokens added (those it spells out, like <|image_pad|>, are read as such).
+        Memoised, straight from the Rust tokenizer: the same questions and answers recur all through training, and
+        the Python wrapper around each call cost more than the tokenizing."""
+        ids = self._cache.get(text)
+        if ids is None:
+            if len(self._cache) >= 200_000:
+                self._cache.clear()
+            ids = self._cache[text] = self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        return ids
 
     def prompt(self, question: str, image_first: bool = True) -> str:
         user = self.image_block + question if image_first else question + self.image_block
         return f"{self.before}{user}{self.after}"
 
     def encode(self, question: str, answer: str, image_first: bool = True) -> tuple[list[int], list[int]]:
-        prompt_ids = self.tokenizer(self.prompt(question, image_first), add_special_tokens=False)["input_ids"]
-        answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.im_end]
+        prompt_ids = self.ids(self.prompt(question, image_first))
+        answer_ids = self.ids(answer) + [self.im_end]
         return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
     def encode_turns(self, turns: list[Example]) -> tuple[list[int], list[int]]:
@@ -85,8 +107,8 @@ class PromptEncoder:
         labels on every answer and its <|im_end|>."""
         ids, labels = self.encode(turns[0].question, turns[0].answer, turns[0].image_first)
         for ex in turns[1:]:
-            prompt = self.tokenizer(self.between + ex.question + self.after, add_special_tokens=False)["input_ids"]
-            answer = self.tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [self.im_end]
+            prompt = self.ids(self.between + ex.question + self.after)
+            answer = self.ids(ex.answer) + [self.im_end]
             ids, labels = ids + prompt + answer, labels + [-100] * len(prompt) + answer
         return ids, labels
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from vlmgate.finetune.demo.data import chat_messages
 from vlmgate.finetune.demo.questions import KINDS, Example, as_turns, ask, may_share_image, sample_example
-from vlmgate.finetune.demo.shapes import render, sample_scene
+from vlmgate.finetune.demo.shapes import render_many, sample_scene
 
 EVAL_SEED = 1_000_003  # disjoint from the training streams ([seed, 1], [seed, 2])
 SETS = {"heldout": ("train", "train"), "ood": ("ood", "train"), "unseen": ("train", "unseen")}
@@ -36,7 +36,7 @@ def heldout_set(
     """per_kind examples of each question kind, with their rendered uint8 images."""
     rng = np.random.default_rng([EVAL_SEED, seed, ["train", "ood"].index(style), ["train", "unseen"].index(phrasing)])
     examples = [sample_example(rng, kind, style=style, phrasing=phrasing) for kind in kinds for _ in range(per_kind)]
-    return examples, np.stack([np.asarray(render(ex.scene)) for ex in examples])
+    return examples, render_many([ex.scene for ex in examples])
 
 
 def followup_set(per_kind: int, seed: int = 0) -> tuple[list[list[Example]], np.ndarray]:
@@ -51,7 +51,7 @@ def followup_set(per_kind: int, seed: int = 0) -> tuple[list[list[Example]], np.
             first = str(rng.choice([k for k in asked if may_share_image(k, kind)]))
             scene = sample_scene(rng, count=1 if "position" in (kind, first) else None)
             conversations.append([ask(rng, scene, first), ask(rng, scene, kind)])
-    return conversations, np.stack([np.asarray(render(turns[0].scene)) for turns in conversations])
+    return conversations, render_many([turns[0].scene for turns in conversations])
 
 
 def load(model_dir: str | Path):

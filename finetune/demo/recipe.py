@@ -70,6 +70,7 @@ from vlmgate.finetune.demo.shapes import (
     draw_shapes,
     mirror,
     render,
+    render_many,
     sample_scene,
 )
 from vlmgate.finetune.tiny_vlm import TinyVLMConfig, build_tiny_vlm
@@ -234,12 +235,11 @@ class ScenePool:
         self.noise = noise  # share of questions that get made-up words inserted (questions.add_noise)
         self.shuffle_backgrounds = shuffle_backgrounds
         self.scenes = pool_scenes(size, seed)  # see training_scenes
-        scenes = tqdm(self.scenes, desc="rendering pool", leave=False)
         if shuffle_backgrounds:
-            self.shapes = np.stack([np.asarray(draw_shapes(s)) for s in scenes])  # RGBA
-            self.backgrounds = np.stack([np.asarray(draw_background(s)) for s in self.scenes])
+            self.shapes = render_many(self.scenes, draw_shapes, "drawing pool shapes")  # RGBA
+            self.backgrounds = render_many(self.scenes, draw_background, "drawing pool backgrounds")
         else:
-            self.images = np.stack([np.asarray(render(s)) for s in scenes])
+            self.images = render_many(self.scenes, render, "rendering pool")
         self.single = np.array([i for i, s in enumerate(self.scenes) if s.count == 1])
 
     def _image(self, rng: np.random.Generator, idx: int) -> tuple[Scene, np.ndarray]:

@@ -15,6 +15,10 @@ Import it to reuse the images elsewhere (fine-tune domain tasks, load tests):
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -210,3 +214,35 @@ def composite(shapes: Image.Image, background: Image.Image) -> Image.Image:
 def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
     """Draw the scene. Pure function of the scene."""
     return composite(draw_shapes(scene, size), draw_background(scene, size))
+
+
+def _draw_array(draw: Callable[[Scene], Image.Image], scenes: Sequence[Scene]) -> np.ndarray:
+    return np.stack([np.asarray(draw(s)) for s in scenes])
+
+
+def render_many(
+    scenes: Sequence[Scene], draw: Callable[[Scene], Image.Image] = render, progress: str | None = None
+) -> np.ndarray:
+    """draw (a module-level function: render, draw_shapes, draw_background) over many scenes: one uint8 array,
+    (N, size, size, channels). Big lists are drawn by one forked process per core, the results in order: drawing is
+    pure Python and numpy on one core, and the 8000 images of the demo's training pool took 12 s alone.
+    progress: a tqdm description to show a bar (None: quiet)."""
+    from tqdm import tqdm
+
+    if not scenes:
+        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    workers = min(len(os.sched_getaffinity(0)), len(scenes) // 500)
+    chunks = [scenes[i : i + 250] for i in range(0, len(scenes), 250)]
+    bar = tqdm(total=len(scenes), desc=progress, leave=False, disable=progress is None)
+    parts = []
+    if workers < 2:
+        for chunk in chunks:
+            parts.append(_draw_array(draw, chunk))
+            bar.update(len(chunk))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for part in pool.map(_draw_array, [draw] * len(chunks), chunks):
+                parts.append(part)
+                bar.update(len(part))
+    bar.close()
+    return np.concatenate(parts)

@@ -23,6 +23,7 @@ from vlmgate.finetune.demo.shapes import (
     draw_shapes,
     mirror,
     render,
+    render_many,
     sample_scene,
 )
 
@@ -101,6 +102,17 @@ def test_shapes_are_drawn_where_the_scene_says() -> None:
     assert pixels[cy, cx, 0] > pixels[cy, cx, 2] + 60  # red at the centre
     corner = pixels[2, 2] if scene.cells[0] != 0 else pixels[-3, -3]
     assert abs(corner[0] - corner[2]) < 5  # grey background elsewhere
+
+
+def test_render_many_draws_what_render_draws_in_order() -> None:
+    """Big lists are drawn in forked processes: same pixels, same order, as one render() after another."""
+    rng = np.random.default_rng(5)
+    scenes = [sample_scene(rng) for _ in range(1100)]  # enough for a process per core
+    one_by_one = np.stack([np.asarray(render(s)) for s in scenes])
+    assert np.array_equal(render_many(scenes), one_by_one)
+    assert np.array_equal(render_many(scenes[:7]), one_by_one[:7])
+    assert render_many(scenes[:5], draw_shapes).shape == (5, IMAGE_SIZE, IMAGE_SIZE, 4)  # RGBA layers too
+    assert render_many([]).shape == (0, IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_shuffled_backgrounds_keep_every_shape_where_its_labels_say() -> None:
