@@ -86,14 +86,26 @@ def generate_answers(
     return answers
 
 
+def trained_with(model_dir: str | Path):
+    """The DemoTrainConfig a model was trained with (its history.json), for the pool its training images came from;
+    the defaults for a model without one."""
+    from vlmgate.finetune.demo.recipe import DemoTrainConfig
+
+    history = Path(model_dir) / "history.json"
+    if not history.is_file():
+        return DemoTrainConfig()
+    config = json.loads(history.read_text())["config"]
+    return DemoTrainConfig(**{k: config[k] for k in ("seed", "pool_size") if k in config})
+
+
 def evaluate_model(model_dir: str | Path, per_kind: int = 1000, check_generate: int = 20, seed: int = 0) -> dict:
     """Scores per set and kind, plus the generate() cross-check and the training-overlap check."""
     from vlmgate.finetune.demo.batching import PromptEncoder
-    from vlmgate.finetune.demo.recipe import DemoTrainConfig, evaluate_examples, match_examples, training_scenes
+    from vlmgate.finetune.demo.recipe import evaluate_examples, match_examples, training_scenes
 
     model, processor = load(model_dir)
     encoder = PromptEncoder(processor.tokenizer, image_tokens=16)
-    seen = training_scenes(DemoTrainConfig())
+    seen = training_scenes(trained_with(model_dir))
     report: dict = {"per_kind": per_kind, "sets": {}, "overlap_with_training": 0}
 
     def add_set(name: str, scores: dict[str, float], scenes: list) -> None:

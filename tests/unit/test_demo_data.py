@@ -449,6 +449,18 @@ def test_weight_average_follows_the_weights_and_swaps_back_and_forth() -> None:
     assert torch.allclose(model.weight, torch.ones(2, 3))
 
 
+def test_the_overlap_check_rebuilds_the_pool_the_model_was_trained_on(tmp_path: Path) -> None:
+    """A model trained with another seed or pool size is checked against its own training images, not the defaults'."""
+    from vlmgate.finetune.demo.evaluate import trained_with
+    from vlmgate.finetune.demo.recipe import DemoTrainConfig, pool_scenes
+
+    assert trained_with(tmp_path) == DemoTrainConfig()  # no history: the defaults
+    (tmp_path / "history.json").write_text(json.dumps({"config": {"seed": 3, "pool_size": 40, "stage1_steps": 9}}))
+    cfg = trained_with(tmp_path)
+    assert (cfg.seed, cfg.pool_size) == (3, 40)
+    assert pool_scenes(cfg.pool_size, cfg.seed) != pool_scenes(40, 0)
+
+
 def test_demo_eval_scores_every_set_follow_ups_included(tiny_model_dir: Path) -> None:
     from vlmgate.finetune.demo.evaluate import evaluate_model, markdown_table
 
