@@ -36,8 +36,7 @@ def patchify(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (B, H, W, 3) -> (pixel_values (B*gh*gw, 3*2*14*14), image_grid_thw (B, 3)), as Qwen2-VL's processor.
 
     One copy into patch order (each still image twice, for the temporal patch), then normalised in place: a
-    training step's patches in ~2 ms instead of ~9 (numpy's float passes over the whole batch were a tenth of a
-    stage-1 step)."""
+    32-image batch in ~2 ms instead of the ~9 that numpy's float passes over the whole batch took."""
     b, h, w, c = images.shape
     gh, gw = h // PATCH, w // PATCH
     x = torch.from_numpy(np.ascontiguousarray(images)).view(b, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH, c)

@@ -231,7 +231,8 @@ def render_many(
 
     if not scenes:
         return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    workers = min(len(os.sched_getaffinity(0)), len(scenes) // 500)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cores, len(scenes) // 500)
     chunks = [scenes[i : i + 250] for i in range(0, len(scenes), 250)]
     bar = tqdm(total=len(scenes), desc=progress, leave=False, disable=progress is None)
     parts = []
