@@ -105,7 +105,8 @@ class DemoTrainConfig:
     # position / describe): seed 1, 0.994 / 0.960 / 0.974 / 1.000 / 0.942 against 0.994 / 0.958 / 0.972 / 1.000 /
     # 0.926; seed 0 (alone, --threads 2), 0.982 / 0.944 / 0.969 / 0.998 / 0.933 against 0.990 / 0.948 / 0.968 / 1.000 /
     # 0.914, follow-up count 0.867 against 0.958. Descriptions gained in both, but drawing the 16000 more images took
-    # the solo run from 14.4 to 15.0 min: over the budget, so 8000.
+    # the solo run from 14.4 to 15.0 min, over the budget; paid for with 1450 stage-1 steps (seed 2): 0.986 / 0.964 /
+    # 0.972 / 0.999 / 0.932 against 0.992 / 0.963 / 0.970 / 0.999 / 0.942. Within the spread between runs: 8000.
     pool_size: int = 8000
     # Lay each draw's shapes over another pool image's background (ScenePool). The model with one question a row
     # answered shape 0.99 on its training images but 0.94 on fresh ones; with this the gap closed (0.98 on
