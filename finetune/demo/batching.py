@@ -248,7 +248,7 @@ class AuxHeads(torch.nn.Module):
     """Throwaway linear probes on the merger output that teach the vision side what the questions will need.
 
     Colour, shape and count are read twice, from the max-pooled and from the mean-pooled tokens. Max pooling
-    learns shapes fast: a 14-px shape fills part of one or two of the 16 tokens, and a mean drowns it in
+    learns shapes fast: an 18-px shape fills part of one to four of the 16 tokens, and a mean drowns it in
     background. Mean pooling makes every token carry the answers, so the language model can read them with
     one uniform attention (trained with max pooling alone, it was still at chance on colour after 300 steps)."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vlmgate.finetune.demo.evaluate import markdown_table
 from vlmgate.finetune.demo.questions import KINDS, TRAIN, UNSEEN, offers_choice
+from vlmgate.finetune.demo.shapes import OOD_SIZES, TRAIN_SIZE_RANGE
 
 
 def plot_history(history: dict, png: str | Path) -> Path:
@@ -68,6 +69,8 @@ def write_model_card(path: str | Path, model_dir: str | Path, history: dict, rep
     t = history["timing_s"]
     gen = report.get("generate_check", {})
     averaging = _weights_text(history)
+    train_px = "{}-{}".format(*TRAIN_SIZE_RANGE)
+    ood_px = " or ".join(f"{lo}-{hi}" for lo, hi in OOD_SIZES)
     text = f"""# vlmgate-demo: a tiny VLM that really sees
 
 The model `vlmgate serve` serves by default (model id `vlmgate-demo`): a {params / 1e6:.2f} M-parameter
@@ -87,7 +90,7 @@ description ("three red circles").
 
 ## Data
 `vlmgate.finetune.demo.shapes` draws 1-4 identical shapes (one colour, one kind) in distinct cells of a 3x3 grid
-on blotchy or gradient low-saturation backgrounds, with varied shades, sizes (14-30 px) and jitter.
+on blotchy or gradient low-saturation backgrounds, with varied shades, sizes ({train_px} px) and jitter.
 `questions.py` asks about them in {sum(len(v) for v in TRAIN.values())} training templates (plus varied nouns,
 image words, prefixes, suffixes, casing; {_choice_templates()} of them offer a choice of two or three answers, the
 right one among them), counts balanced, kinds balanced in stage 0. Training used
@@ -120,7 +123,7 @@ time{_if_set(cfg, "shuffle_backgrounds")}{_if_set(cfg, "question_noise")}.
 ## Held-out exact match
 Fresh scenes from a seed stream disjoint from training ({report["overlap_with_training"]} scenes shared with the
 training pool), {report["per_kind"]} per kind and set. `heldout`: the training distribution; `ood`: flat
-plain backgrounds, shapes centred in their cell, sizes 10-13 or 31-34 px, shades mixed 25-35% towards white or
+plain backgrounds, shapes centred in their cell, sizes {ood_px} px, shades mixed 25-35% towards white or
 black; `unseen`: the training images asked with {sum(len(v) for v in UNSEEN.values())} phrasings never used in
 training (nor in the tokenizer's corpus); `followup`: a second question about the same image, after a first one of
 another kind and its right answer, scored alone (a description is not asked as a follow-up). Measured with

@@ -26,11 +26,11 @@ def test_every_config_error_is_reported_together(tmp_path: Path) -> None:
 
 def test_config_file_and_overrides_set_the_fields(tmp_path: Path) -> None:
     path = tmp_path / "demo.yaml"
-    path.write_text("stage1_kind_weights: {colour: 0.5}\nquestion_noise: 0.3\nmodel:\n  vision_depth: 4\n")
+    path.write_text("stage1_kind_weights: {colour: 0.5}\nquestion_noise: 0.3\nmodel:\n  vision_depth: 2\n")
     cfg = DemoTrainConfig.from_yaml(path, stage1_steps=7)
     assert cfg.stage1_kind_weights == {"colour": 0.5}
     assert cfg.question_noise == 0.3
-    assert cfg.model.vision_depth == 4
+    assert cfg.model.vision_depth == 2
     assert cfg.model.rope_theta == 10.0  # the rest stays the demo model's
     assert cfg.stage1_steps == 7
 
