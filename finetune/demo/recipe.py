@@ -81,9 +81,10 @@ def demo_model_config() -> TinyVLMConfig:
     return TinyVLMConfig(
         num_layers=4,
         # 2 left small shapes at ~0.93 (circle vs square). 4 against 3 (one run each, seed 0, 1000 fresh per kind,
-        # shapes 14-30 px): colour / shape / count / position / describe 0.998 / 0.966 / 0.978 / 1.000 / 0.935 against
-        # 0.990 / 0.948 / 0.968 / 1.000 / 0.914; but its stage-1 steps took 530 against 375 ms (first 300, 2 threads,
-        # same machine), and stage 0's 256 against ~210 ms: ~18 min in all, over the budget.
+        # shapes 14-30 px; the 4-layer run at 1 thread beside another run): colour / shape / count / position /
+        # describe 0.998 / 0.966 / 0.978 / 1.000 / 0.935 against 0.990 / 0.948 / 0.968 / 1.000 / 0.914; with 18-30 px,
+        # describe 0.964 against 0.950. But its stage-1 steps took 530 against 375 ms (first 300, 2 threads, same box
+        # minutes apart) and stage 0's 256 against ~210 ms: ~18 min in all, over the budget.
         vision_depth=3,
         # Finer patches would fix small shapes (7-px patches merged 4x4, the same 16 tokens: the vision shape head on
         # fresh images 0.952 -> 0.976, 14-17 px 0.93 -> 0.97), but vLLM 0.32's Qwen2-VL builds its patch merger for
