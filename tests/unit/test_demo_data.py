@@ -17,7 +17,9 @@ from vlmgate.finetune.demo.data import write_jsonl
 from vlmgate.finetune.demo.questions import KINDS, TRAIN, UNSEEN, answer_for, sample_example, tokenizer_corpus
 from vlmgate.finetune.demo.shapes import (
     IMAGE_SIZE,
+    OOD_SIZES,
     POSITIONS,
+    TRAIN_SIZE_RANGE,
     composite,
     draw_background,
     draw_shapes,
@@ -102,6 +104,17 @@ def test_shapes_are_drawn_where_the_scene_says() -> None:
     assert pixels[cy, cx, 0] > pixels[cy, cx, 2] + 60  # red at the centre
     corner = pixels[2, 2] if scene.cells[0] != 0 else pixels[-3, -3]
     assert abs(corner[0] - corner[2]) < 5  # grey background elsewhere
+
+
+def test_ood_sizes_are_outside_every_training_size() -> None:
+    """The card calls the OOD set's sizes smaller or larger than anything seen in training: check both ends."""
+    rng = np.random.default_rng(3)
+    train = {size for _ in range(2000) for size in sample_scene(rng).sizes}
+    ood = {size for _ in range(2000) for size in sample_scene(rng, style="ood").sizes}
+    assert train == set(range(TRAIN_SIZE_RANGE[0], TRAIN_SIZE_RANGE[1] + 1))
+    assert ood == {s for lo, hi in OOD_SIZES for s in range(lo, hi + 1)}
+    assert min(train) > max(OOD_SIZES[0])
+    assert max(train) < min(OOD_SIZES[1])
 
 
 def test_render_many_draws_what_render_draws_in_order() -> None:
